@@ -1,0 +1,246 @@
+"""Exactly-once accounting: from a run's old and new cumulative values to counter deltas."""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_left
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+from exporter.catalogue import (
+    AGENT_BREAKDOWN,
+    NANO,
+    RUN_COUNTERS,
+    RUN_CREDITS,
+    RUN_DURATION,
+    RUNS,
+    TOOL_DURATION,
+)
+from exporter.models import TaskUsage
+
+# Usage statuses are documented as terminal; anything that sounds like work in
+# progress is not, and every other (unknown) value is treated as final.
+NON_TERMINAL = frozenset(
+    {"running", "active", "pending", "queued", "in_progress", "started", "created", "suspended"}
+)
+VALUE_FIELDS = tuple(RUN_COUNTERS)  # credits, steps, tool_calls, ...
+FINGERPRINT_KEYS = (
+    "task_id", "model", "status", "created_at", "neo_credits", "llm_cost", "neo_cost",
+    "step_count", "tool_calls", "agent_triggers", "llm_time_ms", "tool_time_ms",
+    "total_execution_ms",
+)  # fmt: skip
+
+Ranges = list[list[int]]  # sorted, disjoint half-open [start, end) ranges of counted indices
+
+
+def to_nano(amount: Decimal | None) -> int:
+    """Credits as integer nano-credits, so that sums never drift."""
+    if amount is None:
+        return 0
+    return int((amount * NANO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+def row_fingerprint(raw: Any) -> int | None:
+    """A stable 63-bit digest of what a usage row says, to skip unchanged rows unparsed."""
+    if not isinstance(raw, dict):
+        return None
+    parts = [repr(raw.get(key)) for key in FINGERPRINT_KEYS]
+    history = raw.get("tool_call_history")
+    parts.append(str(len(history)) if isinstance(history, list) else "-")
+    agents = raw.get("agent_breakdown")
+    parts.append(repr(sorted(agents.items())) if isinstance(agents, dict) else "-")
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+@dataclass(slots=True)
+class RunState:
+    """What the ledger has counted of one run (stream)."""
+
+    stream_id: str
+    task_id: str
+    started_at: float
+    model: str
+    status: str
+    baselined: bool = False  # first seen before the baseline: only later growth counts
+    finished: bool = False  # per-run histograms and the run counter already have it
+    credits: int = 0
+    llm_cost: int = 0
+    neo_cost: int = 0
+    steps: int = 0
+    tool_calls: int = 0
+    agent_triggers: int = 0
+    llm_ms: int = 0
+    tool_ms: int = 0
+    exec_ms: int = 0
+    agents: dict[str, int] = field(default_factory=dict)
+    tools_seen: Ranges = field(default_factory=list)
+    fingerprint: int | None = None
+
+
+@dataclass(slots=True)
+class Observation:
+    """One usage row reduced to the integers the ledger counts."""
+
+    stream_id: str
+    task_id: str
+    started_at: float
+    model: str
+    status: str
+    values: dict[str, int]
+    agents: dict[str, int]
+    tool_calls: list[tuple[int, str, int]]  # (index, tool name, duration ms)
+    fingerprint: int | None = None
+
+    @classmethod
+    def from_row(cls, row: TaskUsage, fingerprint: int | None = None) -> Observation:
+        history = row.tool_call_history or []
+        calls = [
+            (call.index if call.index is not None else position, call.tool_name, call.duration_ms)
+            for position, call in enumerate(history)
+        ]
+        return cls(
+            stream_id=row.stream_id or f"task:{row.task_id}",
+            task_id=row.task_id,
+            started_at=row.created_at.timestamp(),
+            model=row.model or "unknown",
+            status=(row.status or "unknown").lower(),
+            values={
+                "credits": to_nano(row.neo_credits),
+                "llm_cost": to_nano(row.llm_cost),
+                "neo_cost": to_nano(row.neo_cost),
+                "steps": row.step_count,
+                "tool_calls": row.tool_calls,
+                "agent_triggers": row.agent_triggers,
+                "llm_ms": row.llm_time_ms or 0,
+                "tool_ms": row.tool_time_ms or 0,
+                "exec_ms": row.total_execution_ms or 0,
+            },
+            agents=dict(row.agent_breakdown or {}),
+            tool_calls=calls,
+            fingerprint=fingerprint,
+        )
+
+    @property
+    def terminal(self) -> bool:
+        return self.status not in NON_TERMINAL
+
+
+class LabelGuard:
+    """Caps distinct values per label; later newcomers are folded into ``other``."""
+
+    OTHER = "other"
+
+    def __init__(self, limit: int, admitted: Iterable[tuple[str, str]] = ()) -> None:
+        self.limit = limit
+        self._admitted: dict[str, set[str]] = {}
+        self.new: list[tuple[str, str]] = []  # admitted since the last commit
+        self.overflow: dict[str, int] = {}
+        for label, value in admitted:
+            self._admitted.setdefault(label, set()).add(value)
+
+    def admit(self, label: str, value: str) -> str:
+        value = value[:120] or "unknown"
+        known = self._admitted.setdefault(label, set())
+        if value in known:
+            return value
+        if len(known) >= self.limit:
+            self.overflow[label] = self.overflow.get(label, 0) + 1
+            return self.OTHER
+        known.add(value)
+        self.new.append((label, value))
+        return value
+
+    def known(self, label: str, value: str) -> str:
+        """``value`` if already admitted, else ``other``: a read that admits nothing."""
+        return value if value in self._admitted.get(label, ()) else self.OTHER
+
+    def forget(self, pending: list[tuple[str, str]]) -> None:
+        """Undo admissions of a poll whose transaction was rolled back."""
+        for label, value in pending:
+            self._admitted.get(label, set()).discard(value)
+
+
+@dataclass
+class Deltas:
+    """Everything one poll adds: counter increments and histogram observations."""
+
+    counters: dict[tuple[str, tuple[str, ...]], int] = field(default_factory=dict)
+    observations: list[tuple[str, tuple[str, ...], int]] = field(default_factory=list)
+    decreases: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, labels: tuple[str, ...], amount: int) -> None:
+        key = (name, labels)
+        self.counters[key] = self.counters.get(key, 0) + amount
+
+    def observe(self, name: str, labels: tuple[str, ...], value: int) -> None:
+        self.observations.append((name, labels, value))
+
+
+def _mark(ranges: Ranges, index: int) -> bool:
+    """Add ``index`` to the range set; False if it was already there."""
+    starts = [r[0] for r in ranges]
+    pos = bisect_left(starts, index + 1) - 1
+    if pos >= 0 and ranges[pos][0] <= index < ranges[pos][1]:
+        return False
+    if pos >= 0 and ranges[pos][1] == index:
+        ranges[pos][1] += 1
+        if pos + 1 < len(ranges) and ranges[pos + 1][0] == index + 1:
+            ranges[pos][1] = ranges.pop(pos + 1)[1]
+    elif pos + 1 < len(ranges) and ranges[pos + 1][0] == index + 1:
+        ranges[pos + 1][0] = index
+    else:
+        ranges.insert(pos + 1, [index, index + 1])
+    return True
+
+
+def apply(
+    old: RunState | None,
+    obs: Observation,
+    *,
+    baselined: bool,
+    guard: LabelGuard,
+    deltas: Deltas,
+) -> RunState:
+    """Fold an observation into a run's state, adding only its growth to ``deltas``.
+
+    A first sight of a baselined run (started before the exporter's baseline)
+    records its values without counting them; growth after that is counted.
+    A value that went down is recorded in ``deltas.decreases`` and never subtracted.
+    """
+    model = guard.admit("model", obs.model)
+    status = guard.admit("status", obs.status)
+    labels = (model, status)
+    silent = old is None and baselined
+    state = old or RunState(
+        obs.stream_id, obs.task_id, obs.started_at, obs.model, obs.status, baselined=baselined
+    )
+    for name in VALUE_FIELDS:
+        before, now = getattr(state, name), obs.values[name]
+        if now > before:
+            if not silent:
+                deltas.add(RUN_COUNTERS[name].name, labels, now - before)
+            setattr(state, name, now)
+        elif now < before:
+            deltas.decreases[name] = deltas.decreases.get(name, 0) + 1
+    for agent, now in obs.agents.items():
+        before = state.agents.get(agent, 0)
+        if now > before:
+            if not silent:
+                deltas.add(AGENT_BREAKDOWN.name, (model, guard.admit("agent", agent)), now - before)
+            state.agents[agent] = now
+        elif now < before:
+            deltas.decreases["agent_breakdown"] = deltas.decreases.get("agent_breakdown", 0) + 1
+    for index, tool, duration_ms in obs.tool_calls:
+        if _mark(state.tools_seen, index) and not silent:
+            deltas.observe(TOOL_DURATION.name, (model, guard.admit("tool", tool)), duration_ms)
+    if obs.terminal and not state.finished:
+        state.finished = True
+        if not state.baselined:
+            deltas.add(RUNS.name, labels, 1)
+            deltas.observe(RUN_CREDITS.name, labels, state.credits)
+            deltas.observe(RUN_DURATION.name, labels, state.exec_ms)
+    state.model, state.status, state.fingerprint = obs.model, obs.status, obs.fingerprint
+    return state

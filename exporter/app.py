@@ -1,0 +1,141 @@
+"""Wiring: builds the ledger, client, poller, exposition and server from one Settings."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Literal
+
+import httpx
+import structlog
+from prometheus_client import CollectorRegistry, disable_created_metrics
+
+from exporter.client import NeoClient, RetryPolicy
+from exporter.collector import UsageCollector
+from exporter.exposition import Exposition
+from exporter.ledger import Ledger
+from exporter.poller import Poller
+from exporter.selfmetrics import SelfMetrics
+from exporter.server import Health, make_server
+from exporter.webconfig import WebConfig, load_web_config
+
+if TYPE_CHECKING:
+    from http.server import ThreadingHTTPServer
+
+    from exporter.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def bucket_settings(settings: Settings) -> dict[str, list[float]]:
+    return {
+        "neo_tool_call_duration_seconds": list(settings.tool_duration_buckets),
+        "neo_task_run_credits": list(settings.run_credits_buckets),
+        "neo_task_run_execution_seconds": list(settings.run_duration_buckets),
+    }
+
+
+class Exporter:
+    """The running daemon: serves restored totals at once, then polls until stopped."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        credential: tuple[Literal["api_key", "token"], str],
+        *,
+        host: str,
+        port: int,
+        transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        process_metrics: bool = True,
+    ) -> None:
+        disable_created_metrics()  # *_created series only add cardinality here
+        self.settings = settings
+        self.health = Health()
+        self.metrics = SelfMetrics(process=process_metrics)
+        self.ledger = Ledger(
+            settings.state_path,
+            buckets=bucket_settings(settings),
+            max_label_values=settings.max_label_values,
+        )
+        self.health.state_loaded.set()
+        pinned = list(settings.task_ids)
+        usage = CollectorRegistry(auto_describe=False)
+        usage.register(
+            UsageCollector(self.ledger, lookback=settings.lookback, pinned=pinned, clock=clock)
+        )
+        self.exposition = Exposition(usage, self.metrics.registry)
+        self.exposition.refresh()  # restored totals are served before any poll
+        self.metrics.ledger_runs.set(self.ledger.run_count)
+        self.metrics.ledger_size.set(self.ledger.size_bytes())
+        self.client = NeoClient(
+            settings.api_url,
+            credential,
+            timeout=settings.request_timeout,
+            max_concurrent=settings.max_concurrent_requests,
+            retry=RetryPolicy(
+                max_retries=settings.max_retries, backoff_max=settings.retry_backoff_max
+            ),
+            transport=transport,
+            on_request=self.metrics.observe_request,
+        )
+        self.poller = Poller(
+            self.client,
+            self.ledger,
+            self.metrics,
+            lookback=settings.lookback,
+            pinned=pinned,
+            max_workers=settings.max_concurrent_requests,
+            clock=clock,
+            on_commit=self.exposition.refresh,
+        )
+        web = load_web_config(settings.web_config_file) if settings.web_config_file else WebConfig()
+        self.server: ThreadingHTTPServer = make_server(
+            host, port, self.exposition, self.health, web=web
+        )
+        self.stop_event = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        host = str(host)
+        if ":" in host:
+            host = f"[{host}]"
+        scheme = "https" if self.settings.web_config_file and self._tls() else "http"
+        return f"{scheme}://{host}:{port}"
+
+    def _tls(self) -> bool:
+        return hasattr(self.server.socket, "context")
+
+    def start(self) -> None:
+        serve = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
+        poll = threading.Thread(target=self._poll_loop, name="poller", daemon=True)
+        self._threads = [serve, poll]
+        serve.start()
+        poll.start()
+        log.info(
+            "exporter_started",
+            url=self.url,
+            state_path=str(self.settings.state_path),
+            runs_restored=self.ledger.run_count,
+        )
+
+    def _poll_loop(self) -> None:
+        self.poller.run(
+            self.stop_event, self.settings.poll_interval, after_each=self.health.first_poll.set
+        )
+
+    def stop(self) -> None:
+        """Stop polling (a poll in flight finishes and commits), then stop serving."""
+        self.stop_event.set()
+        for thread in self._threads:
+            if thread.name == "poller":
+                thread.join(timeout=self.settings.request_timeout * 2 + 5)
+        self.server.shutdown()
+        self.server.server_close()
+        self.poller.close()
+        self.client.close()
+        self.ledger.close()
+        log.info("exporter_stopped")

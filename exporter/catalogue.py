@@ -1,0 +1,220 @@
+"""The one catalogue of every metric the exporter serves, with its HELP text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["counter", "gauge", "histogram"]
+
+NANO = 1_000_000_000  # credits are kept as integer nano-credits: sums stay exact
+MILLI = 1_000  # durations arrive in milliseconds and are served in seconds
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric family: its exposition name (counters with ``_total``), kind and labels."""
+
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+    scale: int = 1  # stored integer units per served unit
+    group: Literal["usage", "tasks", "pinned", "account", "self"] = "usage"
+
+
+MS = ("model", "status")
+
+# Counters derived from per-run usage, keyed by the ledger's field names.
+CREDITS = MetricSpec(
+    "neo_credits_total",
+    "counter",
+    "Neo credits spent by task runs (1 credit = 10 USD per the Neo API docs).",
+    MS,
+    NANO,
+)
+STEPS = MetricSpec("neo_steps_total", "counter", "Agent steps executed by task runs.", MS)
+TOOL_CALLS = MetricSpec("neo_tool_calls_total", "counter", "Tool calls made by task runs.", MS)
+AGENT_TRIGGERS = MetricSpec(
+    "neo_agent_triggers_total", "counter", "Agent triggers made by task runs.", MS
+)
+RUNS = MetricSpec(
+    "neo_task_runs_total",
+    "counter",
+    "Task runs (streams) that finished, by their status when first seen finished.",
+    MS,
+)
+LLM_TIME = MetricSpec(
+    "neo_llm_time_seconds_total", "counter", "LLM inference time of task runs.", MS, MILLI
+)
+TOOL_TIME = MetricSpec(
+    "neo_tool_time_seconds_total", "counter", "Tool execution time of task runs.", MS, MILLI
+)
+EXEC_TIME = MetricSpec(
+    "neo_execution_time_seconds_total", "counter", "Total execution time of task runs.", MS, MILLI
+)
+BYOK_LLM_COST = MetricSpec(
+    "neo_byok_llm_cost_credits_total",
+    "counter",
+    "LLM cost of Bring-Your-Own-Key runs, in the base amount the API reports as credits.",
+    MS,
+    NANO,
+)
+BYOK_NEO_COST = MetricSpec(
+    "neo_byok_neo_cost_credits_total",
+    "counter",
+    "Neo platform cost of Bring-Your-Own-Key runs after the account's neo_cost_rate.",
+    MS,
+    NANO,
+)
+AGENT_BREAKDOWN = MetricSpec(
+    "neo_agent_triggers_by_agent_total",
+    "counter",
+    "Agent triggers by agent name, from each run's agent_breakdown.",
+    ("model", "agent"),
+)
+TOOL_DURATION = MetricSpec(
+    "neo_tool_call_duration_seconds",
+    "histogram",
+    "Duration of individual tool calls, one observation per tool_call_history entry.",
+    ("model", "tool"),
+    MILLI,
+)
+RUN_CREDITS = MetricSpec(
+    "neo_task_run_credits",
+    "histogram",
+    "Credits per finished task run, observed once when the run is first seen finished.",
+    MS,
+    NANO,
+)
+RUN_DURATION = MetricSpec(
+    "neo_task_run_execution_seconds",
+    "histogram",
+    "Execution time per finished task run, observed once when the run is first seen finished.",
+    MS,
+    MILLI,
+)
+
+# Field of the ledger's run record -> counter it feeds.
+RUN_COUNTERS: dict[str, MetricSpec] = {
+    "credits": CREDITS,
+    "steps": STEPS,
+    "tool_calls": TOOL_CALLS,
+    "agent_triggers": AGENT_TRIGGERS,
+    "llm_ms": LLM_TIME,
+    "tool_ms": TOOL_TIME,
+    "exec_ms": EXEC_TIME,
+    "llm_cost": BYOK_LLM_COST,
+    "neo_cost": BYOK_NEO_COST,
+}
+COUNTERS: tuple[MetricSpec, ...] = (*RUN_COUNTERS.values(), RUNS, AGENT_BREAKDOWN)
+HISTOGRAMS: tuple[MetricSpec, ...] = (TOOL_DURATION, RUN_CREDITS, RUN_DURATION)
+
+TASKS = MetricSpec(
+    "neo_tasks",
+    "gauge",
+    "Tasks currently tracked (seen in the lookback window, pinned or still running), "
+    "by model and current status.",
+    MS,
+    group="tasks",
+)
+TRACKED_TASKS = MetricSpec(
+    "neo_tracked_tasks",
+    "gauge",
+    "Tasks currently tracked, of every model and status.",
+    group="tasks",
+)
+PINNED = tuple(
+    MetricSpec(f"neo_pinned_task_{field}", "gauge", text, ("task_id",), scale, group="pinned")
+    for field, text, scale in (
+        ("credits", "Credits of a pinned task (TASK_IDS), over all its runs.", NANO),
+        ("steps", "Steps of a pinned task (TASK_IDS), over all its runs.", 1),
+        ("tool_calls", "Tool calls of a pinned task (TASK_IDS), over all its runs.", 1),
+        ("runs", "Runs (streams) of a pinned task (TASK_IDS).", 1),
+    )
+)
+PINNED_INFO = MetricSpec(
+    "neo_pinned_task_info",
+    "gauge",
+    "A pinned task's current model and status; the value is always 1.",
+    ("task_id", "model", "status"),
+    group="pinned",
+)
+
+# The exporter's own metrics (prometheus_client objects in exporter.selfmetrics).
+SELF: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "neo_exporter_build_info",
+        "gauge",
+        "Version of the exporter; the value is always 1.",
+        ("version", "python_version"),
+        group="self",
+    ),
+    MetricSpec(
+        "neo_exporter_last_poll_success",
+        "gauge",
+        "1 if the last poll of the Neo API succeeded, else 0.",
+        group="self",
+    ),
+    MetricSpec(
+        "neo_exporter_last_successful_poll_timestamp_seconds",
+        "gauge",
+        "Unix time the last successful poll finished.",
+        group="self",
+    ),
+    MetricSpec(
+        "neo_exporter_poll_duration_seconds",
+        "histogram",
+        "Wall time of polls of the Neo API.",
+        group="self",
+    ),
+    MetricSpec(
+        "neo_exporter_polls_total",
+        "counter",
+        "Polls of the Neo API by result.",
+        ("result",),
+        group="self",
+    ),
+    MetricSpec(
+        "neo_exporter_api_requests_total",
+        "counter",
+        "Requests to the Neo API by endpoint and HTTP status code (or timeout/error).",
+        ("endpoint", "code"),
+        group="self",
+    ),
+    MetricSpec(
+        "neo_exporter_errors_total",
+        "counter",
+        "Errors by reason (credentials_rejected, forbidden, timeout, invalid_row, ...).",
+        ("reason",),
+        group="self",
+    ),
+    MetricSpec(
+        "neo_exporter_ledger_runs",
+        "gauge",
+        "Task runs recorded in the ledger, counted or history.",
+        group="self",
+    ),
+    MetricSpec(
+        "neo_exporter_ledger_size_bytes", "gauge", "Size of the SQLite ledger file.", group="self"
+    ),
+    MetricSpec(
+        "neo_exporter_label_overflow_total",
+        "counter",
+        "Samples whose label value was folded into 'other' by the cardinality cap.",
+        ("label",),
+        group="self",
+    ),
+    MetricSpec(
+        "neo_exporter_value_decreases_total",
+        "counter",
+        "Upstream values that went down; never subtracted from a counter.",
+        ("field",),
+        group="self",
+    ),
+)
+
+
+def all_specs() -> tuple[MetricSpec, ...]:
+    """Every metric family, in the order the README documents them."""
+    return (*COUNTERS, *HISTOGRAMS, TASKS, TRACKED_TASKS, *PINNED, PINNED_INFO, *SELF)

@@ -1,0 +1,183 @@
+"""Command line: run, check-config, simulate and demo."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from exporter import __version__
+from exporter.errors import ExporterError
+
+log = structlog.get_logger(__name__)
+
+EXIT_USAGE = 2
+EXIT_STATE = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    from exporter.settings import add_settings_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="neo-exporter",
+        description="Prometheus exporter for ProjectDiscovery Neo task usage.",
+    )
+    parser.add_argument("--version", action="version", version=f"neo-exporter {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, text in (
+        ("run", "poll the Neo API and serve /metrics (the daemon)"),
+        ("check-config", "validate the settings and print them, secrets masked"),
+        ("demo", "run the simulated Neo API and the exporter together, on loopback"),
+    ):
+        add_settings_arguments(commands.add_parser(name, help=text, description=text))
+    sim = commands.add_parser(
+        "simulate",
+        help="serve the simulated Neo API alone",
+        description="serve the simulated Neo API alone",
+    )
+    sim.add_argument(
+        "--listen-address", default="127.0.0.1:8080", help="host:port (default %(default)s)"
+    )
+    sim.add_argument("--seed", type=int, default=1, help="world seed (default %(default)s)")
+    sim.add_argument("--speed", type=float, default=60.0, help="simulated seconds per second")
+    sim.add_argument("--tasks-per-day", type=float, default=2000.0, help="task arrival rate")
+    sim.add_argument("--live-rows", action="store_true", help="serve usage rows of running streams")
+    sim.add_argument(
+        "--api-key-file",
+        type=Path,
+        help="file holding the API key to accept (default: the demo key)",
+    )
+    sim.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    return parser
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal_received", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def _run(args: argparse.Namespace, *, demo: bool) -> int:
+    from exporter.app import Exporter
+    from exporter.logs import configure_logging
+    from exporter.settings import ConfigError, listen_host_port, load_settings
+
+    try:
+        settings = load_settings(args)
+        configure_logging(settings.log_level, settings.log_format)
+        stop = threading.Event()
+        _install_signal_handlers(stop)
+        simulator = None
+        if demo:
+            settings, credential, simulator = _start_demo(settings, stop)
+        else:
+            credential = settings.require_credential()
+        from exporter.logs import register_secret
+
+        register_secret(credential[1])
+        host, port = listen_host_port(settings)
+        exporter = Exporter(settings, credential, host=host, port=port)
+    except ConfigError as exc:
+        print(f"neo-exporter: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ExporterError as exc:
+        print(f"neo-exporter: {exc}", file=sys.stderr)
+        return EXIT_STATE
+    exporter.start()
+    if demo:
+        print(
+            f"Simulated Neo API: {simulator}\nExporter:          {exporter.url}/metrics\n"
+            "Press Ctrl-C to stop.",
+            file=sys.stderr,
+            flush=True,
+        )
+    stop.wait()
+    exporter.stop()
+    return 0
+
+
+def _start_demo(settings, stop):  # type: ignore[no-untyped-def]
+    """Start the simulator on loopback and point the settings at it."""
+    from datetime import UTC, datetime
+
+    from exporter.simulator import DEMO_API_KEY, ScaledClock, SimulatedApi, World
+
+    world = World(
+        seed=1,
+        clock=ScaledClock(datetime.now(UTC), settings.sim_speed),
+        tasks_per_day=settings.sim_tasks_per_day,
+    )
+    api = SimulatedApi(world)
+    api.start()
+    threading.Thread(target=lambda: (stop.wait(), api.stop()), daemon=True).start()
+    updates: dict[str, object] = {"api_url": api.url}
+    if "poll_interval" not in settings.model_fields_set:
+        updates["poll_interval"] = 2.0
+    if "state_path" not in settings.model_fields_set:
+        updates["state_path"] = Path(tempfile.mkdtemp(prefix="neo-exporter-demo-")) / "state.db"
+    return settings.model_copy(update=updates), ("api_key", DEMO_API_KEY), api.url
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from exporter.settings import ConfigError, load_settings, render_effective
+
+    try:
+        settings = load_settings(args)
+        settings.require_credential()
+    except ConfigError as exc:
+        print(f"neo-exporter: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(render_effective(settings))
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from exporter.logs import configure_logging
+    from exporter.simulator import DEMO_API_KEY, serve
+
+    configure_logging("info", args.log_format)
+    key = DEMO_API_KEY
+    if args.api_key_file is not None:
+        try:
+            key = args.api_key_file.read_text().strip()
+        except OSError as exc:
+            print(f"neo-exporter: cannot read --api-key-file: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+    stop = threading.Event()
+    _install_signal_handlers(stop)
+    serve(
+        args.listen_address,
+        seed=args.seed,
+        speed=args.speed,
+        tasks_per_day=args.tasks_per_day,
+        api_key=key,
+        token=None,
+        live_rows=args.live_rows,
+        stop=stop,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run(args, demo=False)
+    if args.command == "demo":
+        return _run(args, demo=True)
+    if args.command == "check-config":
+        return _check_config(args)
+    if args.command == "simulate":
+        return _simulate(args)
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE

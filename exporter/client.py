@@ -1,0 +1,419 @@
+"""Neo API client: authenticated httpx calls with timeouts, retries and paging."""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+import httpx
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from exporter import __version__
+from exporter.errors import (
+    ApiError,
+    ApiPayloadError,
+    ApiStatusError,
+    ApiTimeout,
+    ApiTransportError,
+    CredentialsRejected,
+    NotFound,
+    RateLimited,
+    RoleForbidden,
+)
+from exporter.models import (
+    CreditBalance,
+    ErrorResponse,
+    TaskDetails,
+    TaskInfo,
+    TaskUsage,
+    UsageSummary,
+    describe_validation_error,
+)
+
+log = structlog.get_logger(__name__)
+
+PAGE_LIMIT = 200  # the documented maximum of `limit` on the usage lists
+STREAMS = "/api/v1/usage/streams"
+TASK_USAGES = "/api/v1/usage/tasks"
+TASK_USAGE = "/api/v1/usage/tasks/{task_id}"
+TASKS = "/api/v1/tasks"
+TASK = "/api/v1/tasks/{id}"
+SUMMARY = "/api/v1/usage/summary"
+CREDITS = "/api/v1/billing/credits"
+
+M = TypeVar("M", bound=BaseModel)
+RequestObserver = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry transport errors, 5xx and 429."""
+
+    max_retries: int = 3
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        # Full jitter keeps many exporters from retrying in lock step.
+        ceiling = min(self.backoff_max, self.backoff_base * (2**attempt))
+        return float(ceiling * (0.5 + rng.random() / 2))
+
+
+@dataclass
+class InvalidRow:
+    """A row that failed validation: skipped, reported, never fatal for its page."""
+
+    task_id: str | None
+    reason: str
+
+
+@dataclass
+class Listing:
+    """All rows of a paged usage list, de-duplicated, plus what had to be skipped."""
+
+    rows: list[TaskUsage] = field(default_factory=list)
+    invalid: list[InvalidRow] = field(default_factory=list)
+    fingerprints: dict[str, int | None] = field(default_factory=dict)
+    unchanged: set[str] = field(default_factory=set)
+    pages: int = 0
+    duplicates: int = 0
+
+
+Fingerprint = Callable[[Any], "int | None"]
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is None:
+            return None
+        return max(0.0, (parsed - datetime.now(UTC)).total_seconds())
+
+
+class NeoClient:
+    """Reads usage and task state from the Neo API.
+
+    ``transport`` lets tests hand in ``httpx.MockTransport``; ``sleep`` lets them
+    skip backoff waits; ``on_request(endpoint, code)`` feeds the self-metrics.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        credential: tuple[Literal["api_key", "token"], str],
+        *,
+        timeout: float = 30.0,
+        max_concurrent: int = 4,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], object] = time.sleep,
+        on_request: RequestObserver | None = None,
+        seed: int | None = None,
+    ) -> None:
+        kind, secret = credential
+        headers = {"Accept": "application/json", "User-Agent": f"neo-exporter/{__version__}"}
+        if kind == "api_key":
+            headers["X-Api-Key"] = secret
+        else:
+            headers["Authorization"] = f"Bearer {secret}"
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(timeout),
+            transport=transport,
+            limits=httpx.Limits(
+                max_connections=max_concurrent, max_keepalive_connections=max_concurrent
+            ),
+            follow_redirects=False,
+        )
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self._retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._on_request = on_request
+        self._rng = random.Random(seed)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> NeoClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the endpoints -------------------------------------------------------
+
+    def list_stream_usage(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        task_id: str | None = None,
+        fingerprint: Fingerprint | None = None,
+        known: Mapping[str, int | None] | None = None,
+    ) -> Listing:
+        """Every per-stream usage row in [since, until), or of one task.
+
+        With ``fingerprint`` and ``known`` (stream id -> fingerprint of the row last
+        counted), rows that have not changed are only noted in ``Listing.unchanged``:
+        they are not validated, which keeps a poll's cost in what changed.
+        """
+        params: dict[str, str] = {}
+        if since is not None:
+            params["from"] = _iso(since)
+        if until is not None:
+            params["to"] = _iso(until)
+        if task_id is not None:
+            params["task_id"] = task_id
+        return self._list(STREAMS, params, key=lambda r: r.stream_id, fp=fingerprint, known=known)
+
+    def list_task_usage(self, *, since: datetime | None = None) -> Listing:
+        """Every per-task aggregate row created since ``since``."""
+        params = {"from": _iso(since)} if since is not None else {}
+        return self._list(TASK_USAGES, params, key=lambda r: r.task_id)
+
+    def get_task_usage(self, task_id: str) -> TaskUsage:
+        body = self._get(TASK_USAGE, f"/api/v1/usage/tasks/{_quote(task_id)}")
+        return self._parse(TASK_USAGE, TaskUsage, body)
+
+    def get_task(self, task_id: str) -> TaskDetails:
+        body = self._get(TASK, f"/api/v1/tasks/{_quote(task_id)}")
+        return self._parse(TASK, TaskDetails, body)
+
+    def list_tasks(self, *, status: str | None = None, max_pages: int = 50) -> list[TaskInfo]:
+        """The caller's own tasks (cursor paging), optionally of one status."""
+        found: dict[str, TaskInfo] = {}
+        cursor: str | None = None
+        for _ in range(max_pages):
+            params: dict[str, str] = {"limit": "100"}
+            if status:
+                params["status"] = status
+            if cursor:
+                params["cursor"] = cursor
+            body = self._get(TASKS, TASKS, params)
+            if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+                raise ApiPayloadError("task list without a data array", endpoint=TASKS)
+            for raw in body["data"]:
+                try:
+                    info = TaskInfo.model_validate(raw)
+                except ValidationError as exc:
+                    log.warning(
+                        "row_skipped", endpoint=TASKS, reason=describe_validation_error(exc)
+                    )
+                    continue
+                found[info.id] = info
+            cursor = body.get("next_cursor") or None
+            if not cursor or body.get("has_more") is False:
+                break
+        return list(found.values())
+
+    def get_summary(self) -> UsageSummary:
+        return self._parse(SUMMARY, UsageSummary, self._get(SUMMARY, SUMMARY))
+
+    def get_credits(self) -> CreditBalance:
+        return self._parse(CREDITS, CreditBalance, self._get(CREDITS, CREDITS))
+
+    # -- paging ---------------------------------------------------------------
+
+    def _list(
+        self,
+        endpoint: str,
+        params: dict[str, str],
+        key: Callable[[TaskUsage], str | None],
+        fp: Fingerprint | None = None,
+        known: Mapping[str, int | None] | None = None,
+    ) -> Listing:
+        listing = Listing()
+        seen: dict[str, int] = {}
+        for page in self._pages(endpoint, params):
+            listing.pages += 1
+            for raw in page:
+                digest = fp(raw) if fp is not None else None
+                if digest is not None and known is not None:
+                    ident = raw.get("stream_id")
+                    if isinstance(ident, str) and known.get(ident, -1) == digest:
+                        listing.unchanged.add(ident)
+                        continue
+                row = _validate_row(raw, endpoint, listing)
+                if row is None:
+                    continue
+                ident = key(row)
+                if ident is None:
+                    listing.invalid.append(InvalidRow(row.task_id, "row without stream_id"))
+                    continue
+                if ident in seen:
+                    # Rows shift down while we page; keep the later (never older) copy.
+                    listing.duplicates += 1
+                    listing.rows[seen[ident]] = row
+                    listing.fingerprints[ident] = digest
+                    continue
+                seen[ident] = len(listing.rows)
+                listing.rows.append(row)
+                listing.fingerprints[ident] = digest
+        return listing
+
+    def _pages(self, endpoint: str, params: dict[str, str]) -> Iterator[list[Any]]:
+        offset = 0
+        total: int | None = None
+        while True:
+            query = {**params, "limit": str(PAGE_LIMIT), "offset": str(offset)}
+            body = self._get(endpoint, endpoint, query)
+            if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+                raise ApiPayloadError("usage list without a data array", endpoint=endpoint)
+            data: list[Any] = body["data"]
+            yield data
+            offset += len(data)
+            reported = body.get("total")
+            if isinstance(reported, int) and not isinstance(reported, bool):
+                total = reported
+            has_more = body.get("has_more")
+            if not data:
+                return
+            if has_more is False:
+                return
+            if has_more is None and (
+                len(data) < PAGE_LIMIT or (total is not None and offset >= total)
+            ):
+                return
+            if offset > 10_000_000:  # a server that never stops saying has_more
+                raise ApiPayloadError("paging did not end", endpoint=endpoint)
+
+    # -- one request ----------------------------------------------------------
+
+    def _parse(self, endpoint: str, model: type[M], body: Any) -> M:
+        try:
+            return model.model_validate(body)
+        except ValidationError as exc:
+            raise ApiPayloadError(
+                f"{endpoint}: unexpected payload: {describe_validation_error(exc)}",
+                endpoint=endpoint,
+            ) from None
+
+    def _get(self, endpoint: str, path: str, params: dict[str, str] | None = None) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return self._get_once(endpoint, path, params)
+            except (ApiTransportError, ApiPayloadError, ApiStatusError) as exc:
+                retryable, wait = _retry_decision(exc)
+                if not retryable or attempt >= self._retry.max_retries:
+                    if isinstance(exc, ApiStatusError) and exc.status == 429:
+                        raise RateLimited(
+                            str(exc),
+                            endpoint=endpoint,
+                            status=429,
+                            code=exc.code,
+                            error_id=exc.error_id,
+                        ) from None
+                    raise
+                delay = self._retry.delay(attempt, self._rng)
+                if wait is not None:
+                    delay = min(max(wait, 0.0), self._retry.backoff_max)
+                log.info(
+                    "api_retry",
+                    endpoint=endpoint,
+                    attempt=attempt + 1,
+                    reason=exc.reason,
+                    delay_seconds=round(delay, 3),
+                )
+                self._sleep(delay)
+                attempt += 1
+
+    def _get_once(self, endpoint: str, path: str, params: dict[str, str] | None) -> Any:
+        with self._slots:
+            try:
+                response = self._http.get(path, params=params)
+            except httpx.TimeoutException:
+                self._observe(endpoint, "timeout")
+                raise ApiTimeout(
+                    f"{endpoint}: no answer within the timeout", endpoint=endpoint
+                ) from None
+            except httpx.HTTPError as exc:
+                self._observe(endpoint, "error")
+                raise ApiTransportError(
+                    f"{endpoint}: connection failed ({type(exc).__name__})", endpoint=endpoint
+                ) from None
+        self._observe(endpoint, str(response.status_code))
+        if response.status_code >= 400:
+            raise _status_error(endpoint, response)
+        try:
+            return response.json()
+        except ValueError:
+            raise ApiPayloadError(
+                f"{endpoint}: answer is not JSON ({len(response.content)} bytes)", endpoint=endpoint
+            ) from None
+
+    def _observe(self, endpoint: str, code: str) -> None:
+        if self._on_request is not None:
+            self._on_request(endpoint, code)
+
+
+def _quote(value: str) -> str:
+    return httpx.URL("/").copy_with(path="/" + value).raw_path.decode()[1:].replace("/", "%2F")
+
+
+def _validate_row(raw: Any, endpoint: str, listing: Listing) -> TaskUsage | None:
+    try:
+        return TaskUsage.model_validate(raw)
+    except ValidationError as exc:
+        task_id = raw.get("task_id") if isinstance(raw, dict) else None
+        task_id = task_id if isinstance(task_id, str) else None
+        reason = describe_validation_error(exc)
+        listing.invalid.append(InvalidRow(task_id, reason))
+        log.warning("row_skipped", endpoint=endpoint, task_id=task_id, reason=reason)
+        return None
+
+
+def _retry_decision(exc: ApiError) -> tuple[bool, float | None]:
+    if isinstance(exc, ApiStatusError):
+        if exc.status == 429:
+            return True, exc.retry_after
+        return exc.status >= 500, None
+    return True, None
+
+
+def _status_error(endpoint: str, response: httpx.Response) -> ApiStatusError:
+    detail = ErrorResponse()
+    with contextlib.suppress(ValueError, ValidationError):
+        detail = ErrorResponse.model_validate(response.json())
+    status = response.status_code
+    kinds: dict[int, tuple[type[ApiStatusError], str]] = {
+        401: (CredentialsRejected, "credentials rejected: check the API key or token"),
+        403: (
+            RoleForbidden,
+            "role not allowed to read usage: a team admin's or solo account's key is needed",
+        ),
+        404: (NotFound, "not found"),
+    }
+    cls, text = kinds.get(status, (ApiStatusError, f"HTTP {status}"))
+    code = detail.code
+    log.debug(
+        "api_error_response", endpoint=endpoint, status=status, code=code, error_id=detail.error_id
+    )
+    error = cls(
+        f"{endpoint}: {text}" + (f" (code {code})" if code else ""),
+        endpoint=endpoint,
+        status=status,
+        code=code,
+        error_id=detail.error_id,
+    )
+    if status == 429:
+        error.retry_after = _retry_after(response)
+    return error

@@ -1,0 +1,123 @@
+"""Collector: turns the ledger's committed state into metric families, with no I/O."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from exporter.catalogue import COUNTERS, HISTOGRAMS, PINNED, PINNED_INFO, TASKS, TRACKED_TASKS
+from exporter.ledger import Ledger
+
+# Task-details statuses are a closed, documented vocabulary: always allowed as labels.
+TASK_STATUSES = frozenset(
+    {"active", "pending", "completed", "error", "aborted", "suspended", "failed", "blocked"}
+)
+
+
+class UsageCollector:
+    """Yields the usage families from the ledger, for example::
+
+    # HELP neo_credits_total Neo credits spent by task runs (1 credit = 10 USD ...).
+    # TYPE neo_credits_total counter
+    neo_credits_total{model="sonnet-4.6",status="completed"} 412.5
+    # TYPE neo_tool_call_duration_seconds histogram
+    neo_tool_call_duration_seconds_bucket{le="0.1",model="sonnet-4.6",tool="bash"} 17.0
+    # TYPE neo_tasks gauge
+    neo_tasks{model="sonnet-4.6",status="active"} 3.0
+    neo_pinned_task_credits{task_id="0f1c..."} 12.25
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        lookback: float,
+        pinned: list[str],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.ledger = ledger
+        self.lookback = lookback
+        self.pinned = pinned
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._counters()
+        yield from self._histograms()
+        yield from self._tasks()
+        yield from self._pinned()
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def _counters(self) -> Iterator[Metric]:
+        by_name: dict[str, list[tuple[tuple[str, ...], int]]] = {}
+        for (name, labels), value in self.ledger.counters.items():
+            by_name.setdefault(name, []).append((labels, value))
+        for spec in COUNTERS:
+            family = CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
+            for labels, value in sorted(by_name.get(spec.name, ())):
+                family.add_metric(labels, value / spec.scale)
+            yield family
+
+    def _histograms(self) -> Iterator[Metric]:
+        by_name: dict[str, list[tuple[str, ...]]] = {}
+        for name, labels in self.ledger.histograms:
+            by_name.setdefault(name, []).append(labels)
+        for spec in HISTOGRAMS:
+            family = HistogramMetricFamily(spec.name, spec.help, labels=spec.labels)
+            for labels in sorted(by_name.get(spec.name, ())):
+                hist = self.ledger.histograms[(spec.name, labels)]
+                running, buckets = 0, []
+                for bound, count in zip((*hist.bounds, float("inf")), hist.buckets, strict=True):
+                    running += count
+                    buckets.append((_le(bound), float(running)))
+                family.add_metric(labels, buckets, hist.sum / spec.scale)
+            yield family
+
+    def _tasks(self) -> Iterator[Metric]:
+        horizon = self.clock().timestamp() - self.lookback
+        pinned = set(self.pinned)
+        counts: dict[tuple[str, str], int] = {}
+        guard = self.ledger.guard
+        for task_id, record in self.ledger.tasks.items():
+            if record.active or record.last_activity >= horizon or task_id in pinned:
+                status = record.status
+                if status not in TASK_STATUSES:
+                    status = guard.known("status", status)
+                key = (guard.known("model", record.model), status)
+                counts[key] = counts.get(key, 0) + 1
+        family = GaugeMetricFamily(TASKS.name, TASKS.help, labels=TASKS.labels)
+        for labels, count in sorted(counts.items()):
+            family.add_metric(labels, count)
+        yield family
+        yield GaugeMetricFamily(TRACKED_TASKS.name, TRACKED_TASKS.help, value=sum(counts.values()))
+
+    def _pinned(self) -> Iterator[Metric]:
+        snapshots = {}
+        for task_id in self.pinned:
+            raw = self.ledger.meta.get(f"pinned:{task_id}")
+            if raw is not None:
+                snapshots[task_id] = json.loads(raw)
+        for spec in PINNED:
+            field = spec.name.removeprefix("neo_pinned_task_")
+            family = GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+            for task_id, snap in snapshots.items():
+                family.add_metric([task_id], snap[field] / spec.scale)
+            yield family
+        info = GaugeMetricFamily(PINNED_INFO.name, PINNED_INFO.help, labels=PINNED_INFO.labels)
+        for task_id, snap in snapshots.items():
+            info.add_metric([task_id, snap["model"][:120], snap["status"][:60]], 1)
+        yield info
+
+
+def _le(bound: float) -> str:
+    """A bucket bound the way Prometheus writes it: 0.5, 1.0, +Inf."""
+    return "+Inf" if bound == float("inf") else repr(float(bound))

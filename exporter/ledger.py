@@ -1,0 +1,302 @@
+"""SQLite ledger: what has been counted, committed in one transaction per poll."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from exporter.accounting import Deltas, LabelGuard, RunState
+from exporter.catalogue import HISTOGRAMS, MetricSpec
+from exporter.errors import StateError
+
+log = structlog.get_logger(__name__)
+
+SCHEMA_VERSION = 1
+RECOVERY = (
+    "the exporter will not start from zero on its own, because that would count every run "
+    "in the lookback window a second time. Restore the file from a backup, or move it aside "
+    "to start a new ledger deliberately (counters restart; Prometheus sees a counter reset)"
+)
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    stream_id TEXT PRIMARY KEY, task_id TEXT NOT NULL, started_at REAL NOT NULL,
+    model TEXT NOT NULL, status TEXT NOT NULL, baselined INTEGER NOT NULL,
+    finished INTEGER NOT NULL, credits INTEGER NOT NULL, llm_cost INTEGER NOT NULL,
+    neo_cost INTEGER NOT NULL, steps INTEGER NOT NULL, tool_calls INTEGER NOT NULL,
+    agent_triggers INTEGER NOT NULL, llm_ms INTEGER NOT NULL, tool_ms INTEGER NOT NULL,
+    exec_ms INTEGER NOT NULL, agents TEXT NOT NULL, tools_seen TEXT NOT NULL,
+    fingerprint INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS runs_by_task ON runs (task_id);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT NOT NULL, labels TEXT NOT NULL, value INTEGER NOT NULL,
+    PRIMARY KEY (name, labels)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS histograms (
+    name TEXT NOT NULL, labels TEXT NOT NULL, bounds TEXT NOT NULL, buckets TEXT NOT NULL,
+    sum INTEGER NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (name, labels)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS label_values (
+    label TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (label, value)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY, model TEXT NOT NULL, status TEXT NOT NULL,
+    last_activity REAL NOT NULL, active INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+RUN_COLUMNS = (
+    "stream_id", "task_id", "started_at", "model", "status", "baselined", "finished",
+    "credits", "llm_cost", "neo_cost", "steps", "tool_calls", "agent_triggers", "llm_ms",
+    "tool_ms", "exec_ms", "agents", "tools_seen", "fingerprint",
+)  # fmt: skip
+Labels = tuple[str, ...]
+
+
+@dataclass
+class Histogram:
+    """Bucket counts (not cumulative, last one is +Inf), sum and count in stored units."""
+
+    bounds: tuple[float, ...]  # served units, e.g. seconds
+    scale: int
+    buckets: list[int]
+    sum: int = 0
+    count: int = 0
+    limits: list[float] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.limits = [bound * self.scale for bound in self.bounds]
+
+    def observe(self, value: int) -> None:
+        self.buckets[bisect_left(self.limits, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def copy(self) -> Histogram:
+        return Histogram(self.bounds, self.scale, list(self.buckets), self.sum, self.count)
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    model: str
+    status: str
+    last_activity: float  # unix time of the task's latest run start or live sighting
+    active: bool  # not finished according to task details: polled until it is
+
+
+@dataclass
+class PollChanges:
+    """Everything one poll writes, applied atomically by ``Ledger.commit``."""
+
+    runs: list[RunState] = field(default_factory=list)
+    deltas: Deltas = field(default_factory=Deltas)
+    tasks: dict[str, TaskRecord] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+def _row(state: RunState) -> tuple[object, ...]:
+    return (
+        state.stream_id, state.task_id, state.started_at, state.model, state.status,
+        int(state.baselined), int(state.finished), state.credits, state.llm_cost,
+        state.neo_cost, state.steps, state.tool_calls, state.agent_triggers, state.llm_ms,
+        state.tool_ms, state.exec_ms, json.dumps(state.agents, sort_keys=True),
+        json.dumps(state.tools_seen), state.fingerprint,
+    )  # fmt: skip
+
+
+def _state(row: sqlite3.Row) -> RunState:
+    return RunState(
+        stream_id=row["stream_id"], task_id=row["task_id"], started_at=row["started_at"],
+        model=row["model"], status=row["status"], baselined=bool(row["baselined"]),
+        finished=bool(row["finished"]), credits=row["credits"], llm_cost=row["llm_cost"],
+        neo_cost=row["neo_cost"], steps=row["steps"], tool_calls=row["tool_calls"],
+        agent_triggers=row["agent_triggers"], llm_ms=row["llm_ms"], tool_ms=row["tool_ms"],
+        exec_ms=row["exec_ms"], agents=json.loads(row["agents"]),
+        tools_seen=json.loads(row["tools_seen"]), fingerprint=row["fingerprint"],
+    )  # fmt: skip
+
+
+class Ledger:
+    """The exporter's memory: per-run counted values and the totals served as metrics.
+
+    Aggregates (counters, histograms, tasks, fingerprints) live in memory and are
+    replaced only after the transaction that writes them has committed.
+    """
+
+    def __init__(
+        self, path: Path, *, buckets: Mapping[str, Sequence[float]], max_label_values: int
+    ) -> None:
+        self.path = path
+        self._buckets = {spec.name: tuple(buckets[spec.name]) for spec in HISTOGRAMS}
+        self._scales = {spec.name: spec.scale for spec in HISTOGRAMS}
+        self.counters: dict[tuple[str, Labels], int] = {}
+        self.histograms: dict[tuple[str, Labels], Histogram] = {}
+        self.tasks: dict[str, TaskRecord] = {}
+        self.fingerprints: dict[str, int | None] = {}
+        self.meta: dict[str, str] = {}
+        self._db = self._connect()
+        self._load()
+        self.guard = LabelGuard(max_label_values, self._label_values())
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path.exists() and not self.path.is_file():
+            raise StateError(f"state path {self.path} is not a file")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # a scraped total must survive power loss
+            problems = [r[0] for r in db.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise StateError(f"state file {self.path} is corrupt ({problems[0]}): {RECOVERY}")
+            db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"state file {self.path} is unreadable ({exc}): {RECOVERY}") from None
+        return db
+
+    def _load(self) -> None:
+        db = self._db
+        self.meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        version = self.meta.get("schema_version")
+        if version is None:
+            if db.execute("SELECT 1 FROM runs LIMIT 1").fetchone():
+                raise StateError(
+                    f"state file {self.path} has runs but no schema version: {RECOVERY}"
+                )
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+            self.meta["schema_version"] = str(SCHEMA_VERSION)
+        elif version != str(SCHEMA_VERSION):
+            raise StateError(
+                f"state file {self.path} has schema version {version}, this exporter reads "
+                f"{SCHEMA_VERSION}: run the exporter version that wrote it, or {RECOVERY}"
+            )
+        for name, labels, value in db.execute("SELECT name, labels, value FROM counters"):
+            self.counters[(name, tuple(json.loads(labels)))] = value
+        for name, labels, bounds, buckets, total, count in db.execute(
+            "SELECT name, labels, bounds, buckets, sum, count FROM histograms"
+        ):
+            stored = tuple(json.loads(bounds))
+            if name in self._buckets and stored != self._buckets[name]:
+                log.warning("histogram_buckets_kept", metric=name, stored=stored)
+            hist = Histogram(stored, self._scales.get(name, 1), json.loads(buckets), total, count)
+            self.histograms[(name, tuple(json.loads(labels)))] = hist
+        for task_id, model, status, last, active in db.execute("SELECT * FROM tasks"):
+            self.tasks[task_id] = TaskRecord(model, status, last, bool(active))
+        self.fingerprints = dict(db.execute("SELECT stream_id, fingerprint FROM runs").fetchall())
+
+    def _label_values(self) -> Iterable[tuple[str, str]]:
+        return [(r[0], r[1]) for r in self._db.execute("SELECT label, value FROM label_values")]
+
+    # -- reads ----------------------------------------------------------------
+
+    @property
+    def run_count(self) -> int:
+        return len(self.fingerprints)
+
+    def size_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            candidate = Path(f"{self.path}{suffix}")
+            if candidate.exists():
+                total += candidate.stat().st_size
+        return total
+
+    def load_runs(self, stream_ids: Iterable[str]) -> dict[str, RunState]:
+        wanted = [s for s in stream_ids if s in self.fingerprints]
+        found: dict[str, RunState] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT * FROM runs WHERE stream_id IN ({marks})"  # noqa: S608 - only '?'
+            for row in self._db.execute(query, chunk):
+                found[row["stream_id"]] = _state(row)
+        return found
+
+    def task_runs(self, task_id: str) -> list[RunState]:
+        rows = self._db.execute("SELECT * FROM runs WHERE task_id = ?", (task_id,))
+        return [_state(r) for r in rows]
+
+    def histogram_for(self, spec: MetricSpec, labels: Labels) -> Histogram:
+        existing = self.histograms.get((spec.name, labels))
+        if existing is not None:
+            return existing.copy()
+        bounds = self._buckets[spec.name]
+        return Histogram(bounds, spec.scale, [0] * (len(bounds) + 1))
+
+    # -- the one write path ----------------------------------------------------
+
+    def commit(self, changes: PollChanges) -> None:
+        """Write one poll's changes in one transaction; memory follows only on success."""
+        counters = {
+            key: self.counters.get(key, 0) + amount
+            for key, amount in changes.deltas.counters.items()
+        }
+        histograms: dict[tuple[str, Labels], Histogram] = {}
+        specs = {spec.name: spec for spec in HISTOGRAMS}
+        for name, labels, value in changes.deltas.observations:
+            key = (name, labels)
+            if key not in histograms:
+                histograms[key] = self.histogram_for(specs[name], labels)
+            histograms[key].observe(value)
+        new_labels = list(self.guard.new)
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                f"INSERT OR REPLACE INTO runs ({','.join(RUN_COLUMNS)}) "  # noqa: S608
+                f"VALUES ({','.join('?' * len(RUN_COLUMNS))})",
+                [_row(state) for state in changes.runs],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
+                [(n, json.dumps(labels), v) for (n, labels), v in counters.items()],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO histograms VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        n,
+                        json.dumps(labels),
+                        json.dumps(h.bounds),
+                        json.dumps(h.buckets),
+                        h.sum,
+                        h.count,
+                    )
+                    for (n, labels), h in histograms.items()
+                ],
+            )
+            db.executemany("INSERT OR IGNORE INTO label_values VALUES (?, ?)", new_labels)
+            db.executemany(
+                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?)",
+                [
+                    (t, r.model, r.status, r.last_activity, int(r.active))
+                    for t, r in changes.tasks.items()
+                ],
+            )
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(changes.meta.items()))
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            self.guard.forget(new_labels)
+            self.guard.new.clear()
+            raise StateError(f"could not write the state file {self.path}: {exc}") from None
+        self.guard.new.clear()
+        self.counters.update(counters)
+        self.histograms.update(histograms)
+        self.tasks.update(changes.tasks)
+        self.meta.update(changes.meta)
+        for state in changes.runs:
+            self.fingerprints[state.stream_id] = state.fingerprint
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,368 @@
+"""Poller: decides what to fetch each interval and folds it into the ledger."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import structlog
+
+from exporter.accounting import NON_TERMINAL, Deltas, Observation, apply, row_fingerprint, to_nano
+from exporter.client import Listing, NeoClient
+from exporter.errors import ApiError, ExporterError, NotFound
+from exporter.ledger import Ledger, PollChanges, TaskRecord
+from exporter.models import TaskDetails, TaskUsage
+from exporter.selfmetrics import SelfMetrics
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+# Task-details vocabulary for a task whose latest run has this usage status.
+DETAILS_STATUS = {
+    "completed": "completed",
+    "error": "error",
+    "failed": "error",
+    "aborted": "aborted",
+    "blocked": "suspended",
+    "running": "active",
+}
+LIVE_TASK_STATUSES = frozenset({"active", "pending"})
+
+
+@dataclass
+class PollReport:
+    """What one poll did, for the log line and the tests."""
+
+    rows: int = 0
+    unchanged: int = 0
+    runs_new: int = 0
+    runs_updated: int = 0
+    invalid_rows: int = 0
+    pages: int = 0
+    task_requests: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+class Poller:
+    """Fetches usage and task state, and commits each poll to the ledger atomically."""
+
+    def __init__(
+        self,
+        client: NeoClient,
+        ledger: Ledger,
+        metrics: SelfMetrics,
+        *,
+        lookback: float,
+        pinned: Sequence[str] = (),
+        max_workers: int = 4,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.client = client
+        self.ledger = ledger
+        self.metrics = metrics
+        self.lookback = lookback
+        self.pinned = list(dict.fromkeys(pinned))
+        self.clock = clock
+        self.on_commit = on_commit
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="neo-fetch")
+        self._task_list_supported = True
+        self.polls_done = 0
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- the loop ---------------------------------------------------------------
+
+    def run(
+        self,
+        stop: threading.Event,
+        interval: float,
+        *,
+        after_each: Callable[[], object] = lambda: None,
+    ) -> None:
+        """Poll every ``interval`` seconds until ``stop`` is set; a failed poll never ends it."""
+        while not stop.is_set():
+            started = time.monotonic()
+            self.poll_safely()
+            after_each()
+            stop.wait(max(0.0, interval - (time.monotonic() - started)))
+
+    def poll_safely(self) -> PollReport | None:
+        started = time.monotonic()
+        try:
+            report = self.poll_once()
+        except ExporterError as exc:
+            self.metrics.polls.labels("failure").inc()
+            self.metrics.last_poll_success.set(0)
+            self.metrics.errors.labels(exc.reason).inc()
+            log.error("poll_failed", reason=exc.reason, error=str(exc))
+            return None
+        except Exception as exc:  # a bug must not stop the daemon from serving
+            self.metrics.polls.labels("failure").inc()
+            self.metrics.last_poll_success.set(0)
+            self.metrics.errors.labels("internal").inc()
+            log.exception("poll_crashed", error_type=type(exc).__name__)
+            return None
+        finally:
+            self.metrics.poll_duration.observe(time.monotonic() - started)
+        self.metrics.polls.labels("success").inc()
+        self.metrics.last_poll_success.set(1)
+        self.metrics.last_success_time.set(time.time())
+        log.info(
+            "poll_finished",
+            rows=report.rows,
+            rows_unchanged=report.unchanged,
+            runs_new=report.runs_new,
+            runs_updated=report.runs_updated,
+            rows_invalid=report.invalid_rows,
+            pages=report.pages,
+            task_requests=report.task_requests,
+            duration_seconds=round(time.monotonic() - started, 3),
+        )
+        return report
+
+    # -- one poll ---------------------------------------------------------------
+
+    def poll_once(self) -> PollReport:
+        now = self.clock()
+        meta = self.ledger.meta
+        baseline = float(meta.get("baseline", now.timestamp() - self.lookback))
+        since = now.timestamp() - self.lookback
+        if "listed_at" in meta:  # after an outage, reach back to cover it
+            since = min(since, float(meta["listed_at"]) - self.lookback)
+        since = max(since, baseline)
+        report = PollReport()
+        known = self.ledger.fingerprints
+        listing = self.client.list_stream_usage(
+            since=datetime.fromtimestamp(since, UTC), fingerprint=row_fingerprint, known=known
+        )
+        rows: dict[str, tuple[TaskUsage, int | None]] = {}
+        self._take(listing, rows, report)
+        changes = PollChanges(meta={"listed_at": repr(now.timestamp())})
+        if "baseline" not in meta:
+            changes.meta["baseline"] = repr(baseline)
+        details: dict[str, TaskDetails] = {}
+        self._poll_pinned(rows, report, changes)
+        self._poll_live_tasks(rows, report, details)
+        self._resolve_old_streams(rows, baseline, details, report)
+        self._fold(rows, baseline, details, changes, report, now)
+        self.ledger.commit(changes)
+        self._after_commit(changes.deltas)
+        self.polls_done += 1
+        self.on_commit()
+        return report
+
+    def _take(
+        self, listing: Listing, rows: dict[str, tuple[TaskUsage, int | None]], report: PollReport
+    ) -> None:
+        report.pages += listing.pages
+        report.unchanged += len(listing.unchanged)
+        for bad in listing.invalid:
+            self.metrics.errors.labels("invalid_row").inc()
+            report.invalid_rows += 1
+            report.warnings.append(f"{bad.task_id}: {bad.reason}")
+        for row in listing.rows:
+            key = row.stream_id or ""
+            held = rows.get(key)
+            # Seen twice (two endpoints, shifting pages): keep the copy that says more.
+            if held is None or _volume(row) >= _volume(held[0]):
+                rows[key] = (row, listing.fingerprints.get(key))
+
+    def _fetch_all(self, fn: Callable[[str], T], ids: Iterable[str]) -> dict[str, T | ApiError]:
+        futures = {task_id: self._pool.submit(fn, task_id) for task_id in ids}
+        results: dict[str, T | ApiError] = {}
+        for task_id, future in futures.items():
+            try:
+                results[task_id] = future.result()
+            except ApiError as exc:
+                results[task_id] = exc
+        return results
+
+    def _task_streams(self, task_id: str) -> Listing:
+        return self.client.list_stream_usage(
+            task_id=task_id, fingerprint=row_fingerprint, known=self.ledger.fingerprints
+        )
+
+    def _poll_pinned(
+        self,
+        rows: dict[str, tuple[TaskUsage, int | None]],
+        report: PollReport,
+        changes: PollChanges,
+    ) -> None:
+        """Pinned tasks are read by ID every poll, whatever their age."""
+        if not self.pinned:
+            return
+        usages = self._fetch_all(self.client.get_task_usage, self.pinned)
+        report.task_requests += len(usages)
+        refetch = []
+        for task_id, usage in usages.items():
+            if isinstance(usage, ApiError):
+                self._task_error(task_id, usage, report)
+                continue
+            snapshot = json.dumps(
+                {
+                    "credits": to_nano(usage.neo_credits),
+                    "steps": usage.step_count,
+                    "tool_calls": usage.tool_calls,
+                    "runs": usage.stream_count if usage.stream_count is not None else 1,
+                    "model": usage.model,
+                    "status": usage.status,
+                },
+                sort_keys=True,
+            )
+            key = f"pinned:{task_id}"
+            if self.ledger.meta.get(key) != snapshot:
+                changes.meta[key] = snapshot
+                refetch.append(task_id)
+        for task_id, listing in self._fetch_all(self._task_streams, refetch).items():
+            report.task_requests += 1
+            if isinstance(listing, ApiError):
+                self._task_error(task_id, listing, report)
+            else:
+                self._take(listing, rows, report)
+
+    def _poll_live_tasks(
+        self,
+        rows: dict[str, tuple[TaskUsage, int | None]],
+        report: PollReport,
+        details: dict[str, TaskDetails],
+    ) -> None:
+        """Tasks still running are followed by ID until they finish, so no run is missed."""
+        live = {t for t, rec in self.ledger.tasks.items() if rec.active}
+        live |= {row.task_id for row, _ in rows.values() if row.status.lower() in NON_TERMINAL}
+        if self._task_list_supported:
+            for status in sorted(LIVE_TASK_STATUSES):
+                try:
+                    live |= {info.id for info in self.client.list_tasks(status=status)}
+                    report.task_requests += 1
+                except ApiError as exc:
+                    if getattr(exc, "status", 0) in (400, 403, 404, 405):
+                        self._task_list_supported = False  # not offered: rely on usage only
+                    log.warning(
+                        "task_list_failed", status=status, reason=exc.reason, error=str(exc)
+                    )
+                    break
+        fetched = self._fetch_all(self.client.get_task, sorted(live))
+        report.task_requests += len(fetched)
+        finished = []
+        for task_id, result in fetched.items():
+            if isinstance(result, ApiError):
+                self._task_error(task_id, result, report)
+                continue
+            details[task_id] = result
+            previously = self.ledger.tasks.get(task_id)
+            if result.task.status.lower() not in LIVE_TASK_STATUSES and (
+                previously is None or previously.active
+            ):
+                finished.append(task_id)
+        # A run that outlived the window only shows up when asked for by task.
+        for task_id, listing in self._fetch_all(self._task_streams, finished).items():
+            report.task_requests += 1
+            if isinstance(listing, ApiError):
+                self._task_error(task_id, listing, report)
+            else:
+                self._take(listing, rows, report)
+
+    def _resolve_old_streams(
+        self,
+        rows: dict[str, tuple[TaskUsage, int | None]],
+        baseline: float,
+        details: dict[str, TaskDetails],
+        report: PollReport,
+    ) -> None:
+        """A new stream whose row looks older than the baseline may carry its task's date:
+        ask the task for the stream's own start before treating it as history."""
+        doubtful = {
+            row.task_id
+            for key, (row, _) in rows.items()
+            if key not in self.ledger.fingerprints and row.created_at.timestamp() < baseline
+        } - set(details)
+        fetched = self._fetch_all(self.client.get_task, sorted(doubtful))
+        report.task_requests += len(fetched)
+        for task_id, result in fetched.items():
+            if isinstance(result, ApiError):
+                self._task_error(task_id, result, report)
+            else:
+                details[task_id] = result
+
+    def _fold(
+        self,
+        rows: dict[str, tuple[TaskUsage, int | None]],
+        baseline: float,
+        details: dict[str, TaskDetails],
+        changes: PollChanges,
+        report: PollReport,
+        now: datetime,
+    ) -> None:
+        starts = {
+            stream.stream_id: stream.created_at.timestamp()
+            for info in details.values()
+            for stream in info.streams or ()
+        }
+        states = self.ledger.load_runs(rows)
+        deltas = changes.deltas
+        tasks: dict[str, TaskRecord] = {}
+        for key, (row, digest) in rows.items():
+            obs = Observation.from_row(row, digest)
+            started = starts.get(key, obs.started_at)
+            obs.started_at = started
+            old = states.get(key)
+            if old is None:
+                report.runs_new += 1
+            else:
+                report.runs_updated += 1
+            state = apply(
+                old, obs, baselined=started < baseline, guard=self.ledger.guard, deltas=deltas
+            )
+            changes.runs.append(state)
+            prior = tasks.get(row.task_id) or self.ledger.tasks.get(row.task_id)
+            if prior is None or started >= prior.last_activity:
+                status = DETAILS_STATUS.get(obs.status, obs.status)
+                tasks[row.task_id] = TaskRecord(
+                    obs.model, status, started, active=status in LIVE_TASK_STATUSES
+                )
+        for task_id, info in details.items():
+            prior = tasks.get(task_id) or self.ledger.tasks.get(task_id)
+            status = info.task.status.lower()
+            model = info.task.model or (prior.model if prior else "unknown")
+            last = (
+                now.timestamp()
+                if status in LIVE_TASK_STATUSES
+                else (prior.last_activity if prior else 0.0)
+            )
+            tasks[task_id] = TaskRecord(model, status, last, active=status in LIVE_TASK_STATUSES)
+        changes.tasks = tasks
+        report.rows = len(rows)
+
+    def _after_commit(self, deltas: Deltas) -> None:
+        for name, count in deltas.decreases.items():
+            self.metrics.value_decreases.labels(name).inc(count)
+            log.warning("value_decreased", field=name, runs=count)
+        for label, count in self.ledger.guard.overflow.items():
+            self.metrics.label_overflow.labels(label).inc(count)
+        self.ledger.guard.overflow.clear()
+        self.metrics.ledger_runs.set(self.ledger.run_count)
+        self.metrics.ledger_size.set(self.ledger.size_bytes())
+
+    def _task_error(self, task_id: str, exc: ApiError, report: PollReport) -> None:
+        self.metrics.errors.labels(exc.reason).inc()
+        report.warnings.append(f"{task_id}: {exc}")
+        event = "task_not_found" if isinstance(exc, NotFound) else "task_fetch_failed"
+        log.warning(event, task_id=task_id, reason=exc.reason, error=str(exc))
+
+
+def _volume(row: TaskUsage) -> tuple[int, int, int, int, int]:
+    return (
+        to_nano(row.neo_credits),
+        row.step_count,
+        row.tool_calls,
+        len(row.tool_call_history or ()),
+        row.total_execution_ms or 0,
+    )
