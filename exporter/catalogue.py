@@ -218,3 +218,16 @@ SELF: tuple[MetricSpec, ...] = (
 def all_specs() -> tuple[MetricSpec, ...]:
     """Every metric family, in the order the README documents them."""
     return (*COUNTERS, *HISTOGRAMS, TASKS, TRACKED_TASKS, *PINNED, PINNED_INFO, *SELF)
+
+
+def markdown_table() -> str:
+    """The README's metric table, generated here so that the two cannot drift apart."""
+    lines = ["| Metric | Type | Labels | Meaning |", "|---|---|---|---|"]
+    for spec in all_specs():
+        labels = ", ".join(f"`{label}`" for label in spec.labels) or "–"
+        lines.append(f"| `{spec.name}` | {spec.kind} | {labels} | {spec.help} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,14 @@ BUCKETS = {
 @pytest.fixture(autouse=True)
 def _quiet_structlog() -> Iterator[None]:
     # Tests that do not configure logging must not write JSON to the terminal.
-    structlog.configure(
-        processors=[structlog.processors.KeyValueRenderer()],
-        logger_factory=structlog.PrintLoggerFactory(file=open("/dev/null", "w")),  # noqa: SIM115
-        cache_logger_on_first_use=False,
-    )
-    yield
-    structlog.reset_defaults()
+    with open(os.devnull, "w") as sink:
+        structlog.configure(
+            processors=[structlog.processors.KeyValueRenderer()],
+            logger_factory=structlog.PrintLoggerFactory(file=sink),
+            cache_logger_on_first_use=False,
+        )
+        yield
+        structlog.reset_defaults()
 
 
 @pytest.fixture

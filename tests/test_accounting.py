@@ -1,0 +1,164 @@
+"""Exactly-once accounting of a run's cumulative values."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from exporter.accounting import (
+    Deltas,
+    LabelGuard,
+    Observation,
+    RunState,
+    _mark,
+    apply,
+    row_fingerprint,
+    to_nano,
+)
+from exporter.models import TaskUsage
+from tests.conftest import usage_row
+
+
+def observe(**overrides: Any) -> Observation:
+    return Observation.from_row(TaskUsage.model_validate(usage_row(**overrides)))
+
+
+def fold(
+    old: RunState | None, obs: Observation, *, baselined: bool = False
+) -> tuple[RunState, Deltas]:
+    deltas = Deltas()
+    state = apply(old, obs, baselined=baselined, guard=LabelGuard(10), deltas=deltas)
+    return state, deltas
+
+
+LABELS = ("sonnet-4.6", "completed")
+
+
+def test_first_sight_counts_everything_once() -> None:
+    state, deltas = fold(None, observe())
+    assert deltas.counters[("neo_credits_total", LABELS)] == 1_250_000_000
+    assert deltas.counters[("neo_steps_total", LABELS)] == 10
+    assert deltas.counters[("neo_task_runs_total", LABELS)] == 1
+    assert deltas.counters[("neo_agent_triggers_by_agent_total", ("sonnet-4.6", "recon"))] == 1
+    tools = [o for o in deltas.observations if o[0] == "neo_tool_call_duration_seconds"]
+    assert tools == [
+        ("neo_tool_call_duration_seconds", ("sonnet-4.6", "bash"), 500),
+        ("neo_tool_call_duration_seconds", ("sonnet-4.6", "http_request"), 1000),
+    ]
+    assert ("neo_task_run_credits", LABELS, 1_250_000_000) in deltas.observations
+    assert ("neo_task_run_execution_seconds", LABELS, 6000) in deltas.observations
+    assert state.finished
+
+
+def test_same_row_again_adds_nothing() -> None:
+    state, _ = fold(None, observe())
+    _, again = fold(state, observe())
+    assert again.counters == {}
+    assert again.observations == []
+
+
+def test_growth_adds_only_the_difference() -> None:
+    state, _ = fold(None, observe())
+    history = usage_row()["tool_call_history"] + [
+        {"index": 2, "timestamp": 3, "tool_name": "bash", "duration_ms": 70}
+    ]
+    _, grown = fold(state, observe(neo_credits=2.0, step_count=13, tool_call_history=history))
+    assert grown.counters[("neo_credits_total", LABELS)] == 750_000_000
+    assert grown.counters[("neo_steps_total", LABELS)] == 3
+    assert ("neo_task_runs_total", LABELS) not in grown.counters  # a run finishes once
+    assert grown.observations == [("neo_tool_call_duration_seconds", ("sonnet-4.6", "bash"), 70)]
+
+
+def test_decrease_is_recorded_never_subtracted() -> None:
+    state, _ = fold(None, observe(neo_credits=2.0))
+    state, shrunk = fold(state, observe(neo_credits=1.0))
+    assert shrunk.counters == {}
+    assert shrunk.decreases == {"credits": 1}
+    _, regrown = fold(state, observe(neo_credits=2.5))
+    assert regrown.counters[("neo_credits_total", LABELS)] == 500_000_000  # from the high mark
+
+
+def test_baselined_run_counts_only_later_growth() -> None:
+    state, first = fold(None, observe(status="running"), baselined=True)
+    assert first.counters == {}
+    assert first.observations == []
+    _, later = fold(state, observe(step_count=15), baselined=True)
+    assert later.counters == {("neo_steps_total", LABELS): 5}
+    assert later.observations == []  # neither old tool calls nor per-run histograms
+
+
+def test_running_run_finishes_once_with_final_values() -> None:
+    running = ("sonnet-4.6", "running")
+    state, first = fold(None, observe(status="running", neo_credits=0.5))
+    assert first.counters[("neo_credits_total", running)] == 500_000_000
+    assert ("neo_task_runs_total", running) not in first.counters
+    _, done = fold(state, observe(neo_credits=1.25))
+    assert done.counters[("neo_credits_total", LABELS)] == 750_000_000
+    assert done.counters[("neo_task_runs_total", LABELS)] == 1
+    assert ("neo_task_run_credits", LABELS, 1_250_000_000) in done.observations
+
+
+def test_tool_calls_without_index_use_position() -> None:
+    history = [{"tool_name": "bash", "duration_ms": 5}, {"tool_name": "bash", "duration_ms": 6}]
+    state, deltas = fold(None, observe(tool_call_history=history))
+    assert len(deltas.observations) == 2 + 2
+    _, again = fold(state, observe(tool_call_history=history))
+    assert again.observations == []
+
+
+def test_label_guard_folds_overflow_into_other() -> None:
+    guard = LabelGuard(2)
+    assert [guard.admit("model", m) for m in ("a", "b", "c", "a")] == ["a", "b", "other", "a"]
+    assert guard.overflow == {"model": 1}
+    guard.forget(guard.new)
+    assert guard.admit("model", "c") == "c"
+
+
+def test_to_nano_is_exact() -> None:
+    assert to_nano(Decimal("0.1")) * 3 == to_nano(Decimal("0.3"))
+    assert to_nano(Decimal("123456.123456789")) == 123_456_123_456_789
+    assert to_nano(None) == 0
+
+
+def test_fingerprint_changes_with_counted_fields_only() -> None:
+    row = usage_row()
+    assert row_fingerprint(row) == row_fingerprint(dict(row))
+    assert row_fingerprint(row) != row_fingerprint(usage_row(step_count=11))
+    assert row_fingerprint(row) != row_fingerprint(usage_row(status="error"))
+    assert row_fingerprint(row) == row_fingerprint(usage_row(task_title="renamed"))
+    assert row_fingerprint("not a row") is None
+
+
+@given(st.lists(st.integers(min_value=0, max_value=60), max_size=80))
+def test_range_set_marks_each_index_once(indices: list[int]) -> None:
+    ranges: list[list[int]] = []
+    fresh = [i for i in indices if _mark(ranges, i)]
+    assert sorted(fresh) == sorted(set(indices))
+    covered = {i for start, end in ranges for i in range(start, end)}
+    assert covered == set(indices)
+    assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 10**6), st.integers(0, 500), st.sampled_from(["running", "completed"])
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_counted_total_equals_high_water_mark(snapshots: list[tuple[int, int, str]]) -> None:
+    """However a run's values move between polls, the counted sum is their maximum."""
+    state: RunState | None = None
+    credits = steps = 0
+    for micro, step_count, status in snapshots:
+        row = usage_row(neo_credits=micro / 10**6, step_count=step_count, status=status)
+        state, deltas = fold(state, Observation.from_row(TaskUsage.model_validate(row)))
+        credits += sum(v for (n, _), v in deltas.counters.items() if n == "neo_credits_total")
+        steps += sum(v for (n, _), v in deltas.counters.items() if n == "neo_steps_total")
+    assert credits == max(m for m, _, _ in snapshots) * 1000
+    assert steps == max(s for _, s, _ in snapshots)

@@ -1,0 +1,137 @@
+"""The SQLite ledger: atomic commits, restore on restart, refusal to start from zero."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from exporter.accounting import Observation, apply
+from exporter.errors import StateError
+from exporter.ledger import Ledger, PollChanges, TaskRecord
+from exporter.models import TaskUsage
+from tests.conftest import BUCKETS, usage_row
+
+
+def changes_for(ledger: Ledger, *rows: dict[str, object]) -> PollChanges:
+    changes = PollChanges()
+    for raw in rows:
+        obs = Observation.from_row(TaskUsage.model_validate(raw))
+        old = ledger.load_runs([obs.stream_id]).get(obs.stream_id)
+        changes.runs.append(
+            apply(old, obs, baselined=False, guard=ledger.guard, deltas=changes.deltas)
+        )
+    return changes
+
+
+def reopen(path: Path) -> Ledger:
+    return Ledger(path, buckets=BUCKETS, max_label_values=50)
+
+
+def test_commit_survives_reopen(ledger: Ledger, state_path: Path) -> None:
+    changes = changes_for(ledger, usage_row(), usage_row(stream_id="stream-2", neo_credits=0.75))
+    changes.tasks["task-1"] = TaskRecord("sonnet-4.6", "completed", 1.0, active=False)
+    changes.meta["baseline"] = "123.5"
+    ledger.commit(changes)
+    ledger.close()
+
+    restored = reopen(state_path)
+    key = ("neo_credits_total", ("sonnet-4.6", "completed"))
+    assert restored.counters[key] == 2_000_000_000
+    assert restored.run_count == 2
+    assert restored.tasks["task-1"].status == "completed"
+    assert restored.meta["baseline"] == "123.5"
+    hist = restored.histograms[("neo_tool_call_duration_seconds", ("sonnet-4.6", "bash"))]
+    assert (hist.count, hist.sum, hist.buckets) == (2, 1000, [0, 2, 0, 0, 0, 0, 0])
+    run = restored.load_runs(["stream-1"])["stream-1"]
+    assert run.tools_seen == [[0, 2]]
+    assert run.finished
+    restored.close()
+
+
+def test_restored_labels_keep_their_guard_slots(state_path: Path) -> None:
+    first = Ledger(state_path, buckets=BUCKETS, max_label_values=1)
+    first.commit(changes_for(first, usage_row()))
+    first.close()
+    second = Ledger(state_path, buckets=BUCKETS, max_label_values=1)
+    assert second.guard.admit("model", "sonnet-4.6") == "sonnet-4.6"
+    assert second.guard.admit("model", "gpt-5") == "other"
+    second.close()
+
+
+def test_failed_commit_changes_nothing(ledger: Ledger, state_path: Path) -> None:
+    ledger.commit(changes_for(ledger, usage_row()))
+    saboteur = sqlite3.connect(state_path)
+    saboteur.execute(
+        "CREATE TRIGGER no_tasks BEFORE INSERT ON tasks BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+    )
+    saboteur.commit()
+    saboteur.close()
+
+    before = dict(ledger.counters)
+    changes = changes_for(ledger, usage_row(stream_id="stream-2", model="gpt-5"))
+    changes.tasks["task-2"] = TaskRecord("gpt-5", "completed", 1.0, active=False)
+    with pytest.raises(StateError, match="disk on fire"):
+        ledger.commit(changes)
+    assert ledger.counters == before
+    assert ledger.run_count == 1
+    ledger.close()
+    restored = reopen(state_path)
+    assert restored.counters == before
+    assert restored.load_runs(["stream-2"]) == {}
+    assert ("gpt-5" in {v for _, v in restored._label_values()}) is False
+    restored.close()
+
+
+def test_corrupt_file_is_refused_with_recovery_advice(state_path: Path) -> None:
+    state_path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StateError, match="restore the file from a backup|Restore the file"):
+        reopen(state_path)
+
+
+def test_damaged_pages_are_refused(ledger: Ledger, state_path: Path) -> None:
+    ledger.commit(changes_for(ledger, *(usage_row(stream_id=f"s{i}") for i in range(300))))
+    ledger.close()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{state_path}{suffix}").unlink(missing_ok=True)
+    data = bytearray(state_path.read_bytes())
+    page = 4096
+    data[2 * page : 3 * page] = b"\xff" * page
+    state_path.write_bytes(bytes(data))
+    with pytest.raises(StateError, match="corrupt|unreadable"):
+        reopen(state_path)
+
+
+def test_other_schema_version_is_refused(ledger: Ledger, state_path: Path) -> None:
+    ledger.close()
+    db = sqlite3.connect(state_path)
+    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    with pytest.raises(StateError, match="schema version 99"):
+        reopen(state_path)
+
+
+def test_directory_as_state_path_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StateError, match="not a file"):
+        reopen(tmp_path)
+
+
+def test_histogram_bounds_of_existing_state_are_kept(ledger: Ledger, state_path: Path) -> None:
+    ledger.commit(changes_for(ledger, usage_row()))
+    ledger.close()
+    changed = {**BUCKETS, "neo_tool_call_duration_seconds": [1, 2, 3]}
+    restored = Ledger(state_path, buckets=changed, max_label_values=50)
+    hist = restored.histograms[("neo_tool_call_duration_seconds", ("sonnet-4.6", "bash"))]
+    assert hist.bounds == tuple(BUCKETS["neo_tool_call_duration_seconds"])
+    restored.close()
+
+
+def test_size_is_reported(ledger: Ledger) -> None:
+    ledger.commit(changes_for(ledger, usage_row()))
+    assert ledger.size_bytes() > state_path_size(ledger)
+
+
+def state_path_size(ledger: Ledger) -> int:
+    return ledger.path.stat().st_size if ledger.path.exists() else 0
