@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import gzip
+import struct
 import threading
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,24 +19,51 @@ EOF_LINE = b"# EOF\n"
 _openmetrics_latest: Callable[[CollectorRegistry], bytes] = openmetrics_format.generate_latest
 
 
+# A gzip member header: deflate, no flags, mtime 0, no extra flags, unknown OS.
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+
+@dataclass(frozen=True)
+class _Deflated:
+    """A body prefix compressed once: raw deflate blocks ending on a byte boundary."""
+
+    blocks: bytes
+    crc: int
+    size: int
+
+    @classmethod
+    def of(cls, data: bytes) -> _Deflated:
+        packer = zlib.compressobj(5, zlib.DEFLATED, -zlib.MAX_WBITS)
+        # A sync flush ends the stream without its final block, so more may follow.
+        blocks = packer.compress(data) + packer.flush(zlib.Z_SYNC_FLUSH)
+        return cls(blocks, zlib.crc32(data), len(data))
+
+    def gzip_with(self, tail: bytes) -> bytes:
+        """One gzip member holding the cached prefix followed by ``tail``.
+
+        A single member, not two concatenated ones: some clients (httpx, curl) stop
+        reading after the first member of a multi-member stream.
+        """
+        packer = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+        rest = packer.compress(tail) + packer.flush()
+        crc = zlib.crc32(tail, self.crc)
+        trailer = struct.pack("<II", crc, (self.size + len(tail)) & 0xFFFFFFFF)
+        return GZIP_HEADER + self.blocks + rest + trailer
+
+
 @dataclass(frozen=True)
 class _Rendered:
     text: bytes
-    text_gz: bytes
+    text_gz: _Deflated
     openmetrics: bytes  # without the closing "# EOF"
-    openmetrics_gz: bytes
-
-
-def _gzip(data: bytes) -> bytes:
-    # mtime=0 keeps the bytes identical for identical input.
-    return gzip.compress(data, compresslevel=5, mtime=0)
+    openmetrics_gz: _Deflated
 
 
 class Exposition:
     """Usage bytes rendered after each committed poll; self-metrics rendered per scrape.
 
-    Both parts are concatenated per scrape. Gzip members may be concatenated too
-    (RFC 1952 multi-member streams), so the compressed usage part is cached as well.
+    Both parts are concatenated per scrape. The usage part is also cached as
+    compressed deflate blocks, so a gzip scrape only compresses the small tail.
     """
 
     def __init__(self, usage: CollectorRegistry, own: CollectorRegistry) -> None:
@@ -47,7 +75,7 @@ class Exposition:
     def refresh(self) -> None:
         text = text_format.generate_latest(self._usage)
         om = _openmetrics_latest(self._usage).removesuffix(EOF_LINE)
-        rendered = _Rendered(text, _gzip(text), om, _gzip(om))
+        rendered = _Rendered(text, _Deflated.of(text), om, _Deflated.of(om))
         with self._lock:
             self._rendered = rendered
 
@@ -60,14 +88,17 @@ class Exposition:
             return self.render(openmetrics=openmetrics, compress=compress)
         if openmetrics:
             own = _openmetrics_latest(self._own)
-            head = cached.openmetrics_gz if compress else cached.openmetrics
-            content_type = OPENMETRICS_TYPE
+            plain, packed, content_type = (
+                cached.openmetrics,
+                cached.openmetrics_gz,
+                OPENMETRICS_TYPE,
+            )
         else:
             own = text_format.generate_latest(self._own)
-            head = cached.text_gz if compress else cached.text
-            content_type = TEXT_TYPE
-        tail = _gzip(own) if compress else own
-        return head + tail, content_type
+            plain, packed, content_type = cached.text, cached.text_gz, TEXT_TYPE
+        if compress:
+            return packed.gzip_with(own), content_type
+        return plain + own, content_type
 
 
 def wants_openmetrics(accept: str) -> bool:

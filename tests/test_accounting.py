@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from decimal import Decimal
 from typing import Any
 
@@ -139,7 +140,7 @@ def test_range_set_marks_each_index_once(indices: list[int]) -> None:
     assert sorted(fresh) == sorted(set(indices))
     covered = {i for start, end in ranges for i in range(start, end)}
     assert covered == set(indices)
-    assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(ranges))
 
 
 @given(

@@ -1,0 +1,170 @@
+"""Collector and exposition: ledger totals rendered exactly, in both formats, plain and gzip."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import zlib
+from datetime import UTC, datetime
+
+import pytest
+from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from exporter.accounting import Observation, apply
+from exporter.collector import UsageCollector
+from exporter.exposition import Exposition, accepts_gzip, wants_openmetrics
+from exporter.ledger import Ledger, PollChanges, TaskRecord
+from exporter.models import TaskUsage
+from exporter.selfmetrics import SelfMetrics
+from tests.conftest import usage_row
+
+NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
+
+
+def fill(ledger: Ledger) -> None:
+    changes = PollChanges()
+    rows = [
+        usage_row(),
+        usage_row(stream_id="stream-2", neo_credits=0.1, status="error", tool_call_history=[]),
+        usage_row(stream_id="stream-3", neo_credits=0.2, status="error", tool_call_history=[]),
+        usage_row(stream_id="stream-4", task_id="task-2", model="gpt-5", neo_credits=40),
+    ]
+    for raw in rows:
+        obs = Observation.from_row(TaskUsage.model_validate(raw))
+        state = apply(None, obs, baselined=False, guard=ledger.guard, deltas=changes.deltas)
+        changes.runs.append(state)
+    now = NOW.timestamp()
+    changes.tasks = {
+        "task-1": TaskRecord("sonnet-4.6", "completed", now - 60, active=False),
+        "task-2": TaskRecord("gpt-5", "active", now - 90_000, active=True),
+        "task-old": TaskRecord("gpt-5", "completed", now - 90_000, active=False),
+    }
+    ledger.commit(changes)
+
+
+def build(ledger: Ledger) -> Exposition:
+    disable_created_metrics()
+    usage = CollectorRegistry(auto_describe=False)
+    usage.register(UsageCollector(ledger, lookback=86_400, pinned=[], clock=lambda: NOW))
+    own = SelfMetrics(process=False)
+    exposition = Exposition(usage, own.registry)
+    exposition.refresh()
+    return exposition
+
+
+def samples(families: object) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in families:  # type: ignore[attr-defined]
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def test_text_values_equal_the_ledger(ledger: Ledger) -> None:
+    fill(ledger)
+    body, content_type = build(ledger).render(openmetrics=False, compress=False)
+    assert content_type.startswith("text/plain; version=0.0.4")
+    got = samples(parse_text(body.decode()))
+    assert got[("neo_credits_total", (("model", "sonnet-4.6"), ("status", "completed")))] == 1.25
+    # 0.1 + 0.2 summed in nano-credits: exactly 0.3, not 0.30000000000000004
+    assert got[("neo_credits_total", (("model", "sonnet-4.6"), ("status", "error")))] == 0.3
+    assert got[("neo_task_runs_total", (("model", "sonnet-4.6"), ("status", "error")))] == 2
+    assert got[("neo_llm_time_seconds_total", (("model", "gpt-5"), ("status", "completed")))] == 4
+    tool = (("le", "0.1"), ("model", "sonnet-4.6"), ("tool", "bash"))
+    assert got[("neo_tool_call_duration_seconds_bucket", tool)] == 0
+    tool = (("le", "1.0"), ("model", "sonnet-4.6"), ("tool", "bash"))
+    assert got[("neo_tool_call_duration_seconds_bucket", tool)] == 1
+    assert got[("neo_tool_call_duration_seconds_sum", tool[1:])] == 0.5
+    run = (("le", "100.0"), ("model", "gpt-5"), ("status", "completed"))
+    assert got[("neo_task_run_credits_bucket", run)] == 1
+    run = (("le", "10.0"), ("model", "gpt-5"), ("status", "completed"))
+    assert got[("neo_task_run_credits_bucket", run)] == 0
+    # task-old fell out of the window; task-2 is old but still active
+    assert got[("neo_tasks", (("model", "gpt-5"), ("status", "active")))] == 1
+    assert ("neo_tasks", (("model", "gpt-5"), ("status", "completed"))) not in got
+    assert got[("neo_tracked_tasks", ())] == 2
+    assert got[("neo_exporter_last_poll_success", ())] == 0
+
+
+def test_openmetrics_parses_and_ends_once(ledger: Ledger) -> None:
+    fill(ledger)
+    exposition = build(ledger)
+    body, content_type = exposition.render(openmetrics=True, compress=False)
+    assert content_type.startswith("application/openmetrics-text; version=1.0.0")
+    assert body.endswith(b"# EOF\n")
+    assert body.count(b"# EOF") == 1
+    got = samples(parse_openmetrics(body.decode()))
+    text = samples(parse_text(exposition.render(openmetrics=False, compress=False)[0].decode()))
+    key = ("neo_credits_total", (("model", "gpt-5"), ("status", "completed")))
+    assert got[key] == text[key] == 40
+
+
+def test_gzip_members_concatenate_to_the_plain_body(ledger: Ledger) -> None:
+    fill(ledger)
+    exposition = build(ledger)
+    for openmetrics in (False, True):
+        plain, _ = exposition.render(openmetrics=openmetrics, compress=False)
+        packed, _ = exposition.render(openmetrics=openmetrics, compress=True)
+        assert gzip.decompress(packed) == plain
+        single = zlib.decompressobj(16 + zlib.MAX_WBITS)  # reads one member only
+        assert single.decompress(packed) == plain
+        assert single.eof
+        assert single.unused_data == b""
+
+
+def test_render_serves_the_last_refresh_until_the_next(ledger: Ledger) -> None:
+    fill(ledger)
+    exposition = build(ledger)
+    before, _ = exposition.render(openmetrics=False, compress=False)
+    changes = PollChanges()
+    obs = Observation.from_row(TaskUsage.model_validate(usage_row(stream_id="late")))
+    changes.runs.append(
+        apply(None, obs, baselined=False, guard=ledger.guard, deltas=changes.deltas)
+    )
+    ledger.commit(changes)
+    assert exposition.render(openmetrics=False, compress=False)[0] == before
+    exposition.refresh()
+    after = samples(parse_text(exposition.render(openmetrics=False, compress=False)[0].decode()))
+    assert after[("neo_credits_total", (("model", "sonnet-4.6"), ("status", "completed")))] == 2.5
+
+
+@pytest.mark.prometheus
+def test_promtool_check_metrics_is_silent(ledger: Ledger) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: install the Debian package prometheus"
+    fill(ledger)
+    body, _ = build(ledger).render(openmetrics=False, compress=False)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b""
+    assert result.stderr == b""
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        ("application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4", True),
+        ("application/openmetrics-text; version=0.0.1", True),
+        ("application/openmetrics-text;version=2.0.0", False),
+        ("application/openmetrics-text;q=0", False),
+        ("text/plain", False),
+        ("", False),
+    ],
+)
+def test_content_negotiation(accept: str, expected: bool) -> None:
+    assert wants_openmetrics(accept) is expected
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("gzip", True), ("deflate, gzip;q=0.5", True), ("gzip;q=0", False), ("br", False)],
+)
+def test_gzip_negotiation(header: str, expected: bool) -> None:
+    assert accepts_gzip(header) is expected

@@ -1,0 +1,161 @@
+"""HTTP endpoints over loopback: routes, negotiation, readiness, stalled clients, web config."""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import bcrypt
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from exporter.exposition import Exposition
+from exporter.selfmetrics import SelfMetrics
+from exporter.server import Health, make_server
+from exporter.webconfig import WebConfig, WebConfigError, load_web_config
+
+
+def serve(health: Health, web: WebConfig | None = None) -> Iterator[str]:
+    own = SelfMetrics(process=False)
+    exposition = Exposition(CollectorRegistry(), own.registry)
+    server = make_server("127.0.0.1", 0, exposition, health, web=web, idle_timeout=2)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    scheme = "https" if web and web.tls else "http"
+    try:
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def health() -> Health:
+    return Health()
+
+
+@pytest.fixture
+def url(health: Health) -> Iterator[str]:
+    yield from serve(health)
+
+
+def test_metrics_plain_and_negotiated(url: str) -> None:
+    plain = httpx.get(f"{url}/metrics")
+    assert plain.status_code == 200
+    assert plain.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert b"neo_exporter_build_info{" in plain.content
+    om = httpx.get(
+        f"{url}/metrics", headers={"Accept": "application/openmetrics-text;version=1.0.0"}
+    )
+    assert om.headers["content-type"].startswith("application/openmetrics-text")
+    assert om.content.endswith(b"# EOF\n")
+    packed = httpx.get(f"{url}/metrics", headers={"Accept-Encoding": "gzip"})
+    assert packed.headers["content-encoding"] == "gzip"
+    assert b"neo_exporter_build_info{" in packed.content  # httpx decoded it
+
+
+def test_raw_gzip_body_is_valid(url: str) -> None:
+    with httpx.Client(headers={"Accept-Encoding": "gzip"}) as client:
+        with client.stream("GET", f"{url}/metrics") as response:
+            raw = b"".join(response.iter_raw())
+    assert b"neo_exporter_polls_total" in gzip.decompress(raw)
+
+
+def test_readiness_follows_state_and_first_poll(url: str, health: Health) -> None:
+    assert httpx.get(f"{url}/healthz").status_code == 200
+    response = httpx.get(f"{url}/readyz")
+    assert (response.status_code, response.text) == (503, "state not loaded\n")
+    health.state_loaded.set()
+    assert httpx.get(f"{url}/readyz").text == "first poll not finished\n"
+    health.first_poll.set()
+    assert httpx.get(f"{url}/readyz").status_code == 200
+
+
+def test_landing_head_unknown_and_wrong_method(url: str) -> None:
+    landing = httpx.get(f"{url}/")
+    assert 'href="/metrics"' in landing.text
+    head = httpx.head(f"{url}/metrics")
+    assert head.status_code == 200
+    assert int(head.headers["content-length"]) > 0
+    assert head.content == b""
+    assert httpx.get(f"{url}/nope").status_code == 404
+    refused = httpx.post(f"{url}/metrics")
+    assert (refused.status_code, refused.headers["allow"]) == (405, "GET, HEAD")
+
+
+def test_stalled_clients_do_not_block_scrapes(url: str) -> None:
+    port = int(url.rsplit(":", 1)[1])
+    stalled = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
+    for sock in stalled:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finishes the headers
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(
+                pool.map(lambda _: httpx.get(f"{url}/metrics", timeout=5).status_code, range(40))
+            )
+        assert codes == [200] * 40
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def write_web_config(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "web.yml"
+    path.write_text(body)
+    return path
+
+
+def test_basic_auth(tmp_path: Path, health: Health) -> None:
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web = load_web_config(write_web_config(tmp_path, f"basic_auth_users:\n  prom: '{hashed}'\n"))
+    for url in serve(health, web):
+        denied = httpx.get(f"{url}/metrics")
+        assert denied.status_code == 401
+        assert "Basic" in denied.headers["www-authenticate"]
+        assert httpx.get(f"{url}/metrics", auth=("prom", "wrong")).status_code == 401
+        assert httpx.get(f"{url}/metrics", auth=("nobody", "s3cret")).status_code == 401
+        assert httpx.get(f"{url}/metrics", auth=("prom", "s3cret")).status_code == 200
+
+
+def test_tls(tmp_path: Path, health: Health) -> None:
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    config = "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n"
+    web = load_web_config(write_web_config(tmp_path, config))
+    for url in serve(health, web):
+        assert url.startswith("https://")
+        response = httpx.get(
+            f"{url}/healthz", verify=ssl.create_default_context(cafile=tmp_path / "cert.pem")
+        )
+        assert response.status_code == 200
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/healthz")  # an unknown CA is refused
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.get(url.replace("https", "http") + "/healthz")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("basic_auth_users:\n  prom: plaintext\n", "must be a bcrypt hash"),
+        ("tls_server_config:\n  cert_file: missing.pem\n  key_file: k.pem\n", "cannot load"),
+        ("nonsense: 1\n", "unknown keys"),
+        ("- a list\n", "expected a mapping"),
+        ("basic_auth_users: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_web_config_is_named(tmp_path: Path, body: str, message: str) -> None:
+    with pytest.raises(WebConfigError, match=message):
+        load_web_config(write_web_config(tmp_path, body))
+    assert "plaintext" not in message
