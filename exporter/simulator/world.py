@@ -1,0 +1,283 @@
+"""The simulated account: tasks arrive, run, finish, settle and get continued as time passes."""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import threading
+from bisect import insort
+from collections import Counter
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from exporter.simulator import views
+from exporter.simulator.clock import Clock
+from exporter.simulator.figures import Plan, Usage, draw_plan, usage_at
+from exporter.simulator.model import Stream, Task, new_uuid, to_ms
+from exporter.simulator.views import StreamTruth
+from exporter.simulator.vocabulary import (
+    BYOK_SHARE,
+    EMAIL_WEIGHTS,
+    EMAILS,
+    ERROR_MESSAGES,
+    HOSTS,
+    MODEL_STEP_COST,
+    MODEL_WEIGHTS,
+    MODELS,
+    TITLE_TEMPLATES,
+    USAGE_STATUSES,
+)
+
+DAY_MS = 86_400_000
+START, VISIBLE, SETTLE, CONTINUE = 0, 1, 2, 3
+SETTLE_SHARE = 0.10
+CONTINUE_SHARE = 0.08
+OLD_CONTINUATIONS = 4  # tasks older than a day continued in the first simulated hour
+PLAN_CACHE = 50_000
+Key = tuple[int, str, int]  # (served created_at ms, id, number): the list indexes' sort key
+
+
+class World:
+    """A deterministic simulated Neo account that evolves lazily with its clock.
+
+    Everything is drawn from ``random.Random(seed)`` in time order, so the same seed and the
+    same clock readings give the same world however often it is looked at.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        clock: Clock,
+        tasks_per_day: float = 2000,
+        history: float = 3 * 86400,
+        live_rows: bool = False,
+        stream_created_at: str = "stream",
+        team: bool = False,
+    ) -> None:
+        if stream_created_at not in ("stream", "task"):
+            raise ValueError("stream_created_at must be 'stream' or 'task'")
+        if tasks_per_day <= 0:
+            raise ValueError("tasks_per_day must be positive")
+        self.seed = seed
+        self.clock = clock
+        self.live_rows = live_rows
+        self.created_mode = stream_created_at
+        self.team = team
+        self._rng = random.Random(seed)
+        self._lock = threading.RLock()
+        self._mean_gap = DAY_MS / tasks_per_day
+        self.start_ms = to_ms(clock.now())
+        origin = self.start_ms - int(history * 1000)
+        self.tasks: list[Task] = []
+        self.task_by_id: dict[str, Task] = {}
+        self.streams: list[Stream] = []
+        self.stream_by_id: dict[str, Stream] = {}
+        self.stream_index: list[Key] = []  # listed streams, ascending
+        self.task_index: list[Key] = []  # listed tasks, ascending
+        self.open_tasks: set[int] = set()  # tasks that may be pending or active
+        self._events: list[tuple[int, int, int, int]] = []  # (ms, kind, sequence, ref)
+        self._seq = 0
+        self._new_streams: list[Key] = []
+        self._new_tasks: list[Key] = []
+        self._plans: dict[int, Plan] = {}
+        self._next_arrival = origin + self._arrival_gap(origin)
+        self.synced = origin
+        self._target = origin
+        self._sync_to(self.start_ms)
+        self._continue_old_tasks()
+
+    # -- time -------------------------------------------------------------------------
+
+    def sync(self) -> int:
+        """Generate everything up to the clock's now; returns now in unix ms."""
+        with self._lock:
+            now = to_ms(self.clock.now())
+            if now > self.synced:
+                self._sync_to(now)
+            return self.synced
+
+    def _sync_to(self, target: int) -> None:
+        self._target = target
+        events = self._events
+        while True:
+            arrival = self._next_arrival
+            top = events[0][0] if events else math.inf
+            if arrival <= top:
+                if arrival > target:
+                    break
+                self._arrive(arrival)
+                self._next_arrival = arrival + self._arrival_gap(arrival)
+            else:
+                if top > target:
+                    break
+                at, kind, _, ref = heapq.heappop(events)
+                self._handle(at, kind, ref)
+        self.synced = target
+        self.open_tasks = {
+            no
+            for no in self.open_tasks
+            if target < self.tasks[no].streams[-1].end or self.tasks[no].next_continue
+        }
+        _merge(self.stream_index, self._new_streams)
+        _merge(self.task_index, self._new_tasks)
+
+    def _arrival_gap(self, at: int) -> int:
+        # Poisson arrivals with a gentle daily rhythm (busier in the afternoon UTC).
+        phase = 2 * math.pi * ((at % DAY_MS) / DAY_MS - 0.4)
+        rate = (1 + 0.4 * math.cos(phase)) / self._mean_gap
+        return max(1, int(self._rng.expovariate(rate)))
+
+    def _at(self, at: int, kind: int, ref: int) -> None:
+        if kind != CONTINUE and at <= self._target:
+            self._handle(at, kind, ref)
+        else:
+            self._seq += 1
+            heapq.heappush(self._events, (at, kind, self._seq, ref))
+
+    def _handle(self, at: int, kind: int, ref: int) -> None:
+        if kind == CONTINUE:
+            task = self.tasks[ref]
+            if task.next_continue == at:  # otherwise superseded by a forced continuation
+                task.next_continue = 0
+                self._add_stream(task, at + self._rng.randint(1_000, 20_000))
+        elif (kind == START and self.live_rows) or (kind == VISIBLE and not self.live_rows):
+            stream = self.streams[ref]
+            stream.listed = True
+            created = stream.created_at(self.created_mode)
+            self._new_streams.append((created, stream.stream_id, stream.no))
+            task = stream.task
+            if not task.listed:
+                task.listed = True
+                self._new_tasks.append((task.created, task.task_id, task.no))
+
+    # -- generation ---------------------------------------------------------------------
+
+    def _arrive(self, at: int) -> None:
+        rng = self._rng
+        model = rng.choices(MODELS, weights=MODEL_WEIGHTS)[0]
+        email = rng.choices(EMAILS, weights=EMAIL_WEIGHTS)[0]
+        title = rng.choice(TITLE_TEMPLATES).format(host=rng.choice(HOSTS))
+        task = Task(len(self.tasks), new_uuid(rng), at, model, email, title,
+                    rng.random() < BYOK_SHARE)  # fmt: skip
+        self.tasks.append(task)
+        self.task_by_id[task.task_id] = task
+        self._add_stream(task, at + rng.randint(1_000, 30_000))
+
+    def _add_stream(self, task: Task, start: int) -> Stream:
+        rng = self._rng
+        # Heavy-tailed run time: median four minutes, from seconds up to two hours.
+        duration = int(min(7_200_000, max(5_000, 240_000 * math.exp(rng.gauss(0.0, 1.2)))))
+        end = start + duration
+        visible = end + min(300_000, 2_000 + int(rng.expovariate(1 / 40_000)))
+        roll = rng.random() * 100
+        status = next(name for name, edge in USAGE_STATUSES if roll < edge)
+        error = rng.choice(ERROR_MESSAGES) if status in ("error", "failed") else None
+        settle = visible + rng.randint(120_000, 1_200_000) if rng.random() < SETTLE_SHARE else 0
+        stream = Stream(len(self.streams), task, new_uuid(rng), rng.getrandbits(62),
+                        start, end, visible, settle, status, error)  # fmt: skip
+        self.streams.append(stream)
+        self.stream_by_id[stream.stream_id] = stream
+        task.streams.append(stream)
+        self.open_tasks.add(task.no)
+        if rng.random() < CONTINUE_SHARE:
+            if rng.random() < 0.7:
+                gap = int(600_000 * math.exp(rng.gauss(0.0, 1.0)))
+            else:
+                gap = rng.randint(3_600_000, 3 * DAY_MS)
+            task.next_continue = end + gap
+            self._at(task.next_continue, CONTINUE, task.no)
+        self._at(start, START, stream.no)
+        self._at(visible, VISIBLE, stream.no)
+        if settle:
+            self._at(settle, SETTLE, stream.no)
+        return stream
+
+    def _continue_old_tasks(self) -> None:
+        """Guarantee a few continuations of tasks older than a day in the first hour."""
+        now = self.synced
+        old = [
+            t
+            for t in self.tasks
+            if t.created < now - DAY_MS - 3_600_000 and not t.next_continue
+            and t.streams[-1].end < now
+        ]  # fmt: skip
+        for task in self._rng.sample(old, k=min(OLD_CONTINUATIONS, len(old))):
+            task.next_continue = now + self._rng.randint(120_000, 2_700_000)
+            self._at(task.next_continue, CONTINUE, task.no)
+
+    def continue_task(self, task_id: str) -> str:
+        """Continue a task now (or as soon as its current run ends); returns the planned time."""
+        with self._lock:
+            now = self.sync()
+            task = self.task_by_id[task_id]
+            at = max(now, task.streams[-1].end + 1_000)
+            task.next_continue = at
+            self.open_tasks.add(task.no)
+            if at <= now:
+                self._handle(at, CONTINUE, task.no)
+                _merge(self.stream_index, self._new_streams)
+                _merge(self.task_index, self._new_tasks)
+            else:
+                self._at(at, CONTINUE, task.no)
+            return views.iso_at(at)
+
+    # -- numbers ---------------------------------------------------------------------------
+
+    def plan(self, stream: Stream) -> Plan:
+        with self._lock:
+            plan = self._plans.get(stream.no)
+            if plan is None:
+                if len(self._plans) >= PLAN_CACHE:
+                    self._plans.clear()
+                cost = MODEL_STEP_COST[stream.task.model]
+                plan = draw_plan(stream.seed, stream.start, stream.end, cost, bool(stream.settle))
+                self._plans[stream.no] = plan
+            return plan
+
+    def usage(self, stream: Stream, now: int) -> Usage:
+        settled = bool(stream.settle) and now >= stream.settle
+        return usage_at(self.plan(stream), stream.start, stream.end, now, settled)
+
+    # -- ground truth ------------------------------------------------------------------------
+
+    def task_ids(self) -> list[str]:
+        with self._lock:
+            self.sync()
+            return [t.task_id for t in self.tasks]
+
+    def visible_streams(self) -> list[StreamTruth]:
+        """Every stream with a row in /usage/streams, exactly as served now."""
+        with self._lock:
+            now = self.sync()
+            return [views.truth(self, self.streams[no], now) for _, _, no in self.stream_index]
+
+    def truth_totals(self, started_since: datetime | None = None) -> dict[str, Any]:
+        return views.totals(self.visible_streams(), started_since)
+
+    def tasks_by_status(self) -> Counter[tuple[str, str]]:
+        """Task-details status of every task created so far, by model."""
+        with self._lock:
+            now = self.sync()
+            return Counter((t.model, t.status_at(now)) for t in self.tasks)
+
+    def row_for(self, stream: StreamTruth | str) -> dict[str, Any]:
+        """The /usage/streams row of one stream as served now (without faults)."""
+        with self._lock:
+            now = self.sync()
+            ident = stream if isinstance(stream, str) else stream.stream_id
+            return views.stream_row(self, self.stream_by_id[ident], now)
+
+
+def _merge(index: list[Key], new: list[Key]) -> None:
+    if len(new) > 32:
+        index.extend(new)
+        index.sort()
+    else:
+        for key in new:
+            insort(index, key)
+    new.clear()
+
+
+__all__ = ["Decimal", "World"]

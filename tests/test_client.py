@@ -1,0 +1,229 @@
+"""The Neo API client against the simulated API over loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from exporter.client import STREAMS, NeoClient, RetryPolicy
+from exporter.errors import (
+    ApiPayloadError,
+    ApiStatusError,
+    ApiTimeout,
+    ApiTransportError,
+    CredentialsRejected,
+    NotFound,
+    RateLimited,
+    RoleForbidden,
+)
+from exporter.simulator import DEMO_API_KEY, DEMO_TOKEN, ManualClock, SimulatedApi, World
+
+START = datetime(2026, 11, 20, 9, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(START)
+
+
+@pytest.fixture
+def world(clock: ManualClock) -> World:
+    return World(seed=3, clock=clock, tasks_per_day=1200)
+
+
+@pytest.fixture
+def api(world: World) -> Iterator[SimulatedApi]:
+    with SimulatedApi(world) as served:
+        yield served
+
+
+def client_for(api: SimulatedApi, **options: object) -> NeoClient:
+    defaults: dict[str, object] = {
+        "timeout": 5.0,
+        "retry": RetryPolicy(max_retries=3, backoff_base=0.0, backoff_max=0.0),
+        "sleep": lambda _: None,
+    }
+    defaults.update(options)
+    return NeoClient(api.url, ("api_key", DEMO_API_KEY), **defaults)  # type: ignore[arg-type]
+
+
+def window(world: World, clock: ManualClock) -> list[str]:
+    since = clock.now() - timedelta(days=1)
+    return sorted(s.stream_id for s in world.visible_streams() if s.created_at >= since)
+
+
+def test_lists_every_stream_of_the_window_once(api: SimulatedApi, world: World) -> None:
+    with client_for(api) as client:
+        listing = client.list_stream_usage(since=START - timedelta(days=1))
+    assert listing.pages > 3
+    assert sorted(r.stream_id or "" for r in listing.rows) == window(world, world.clock)
+    assert listing.invalid == []
+
+
+def test_rows_shifting_between_pages_are_deduplicated(
+    api: SimulatedApi, world: World, clock: ManualClock
+) -> None:
+    """New runs arrive while paging (newest first), pushing rows seen already onto later pages."""
+
+    def advance(endpoint: str, code: str) -> None:
+        clock.advance(900)
+
+    before = window(world, clock)
+    with client_for(api, on_request=advance) as client:
+        listing = client.list_stream_usage(since=START - timedelta(days=1))
+    ids = [r.stream_id for r in listing.rows]
+    assert len(ids) == len(set(ids))
+    assert listing.duplicates > 0
+    assert set(before) <= set(ids)  # nothing that was there when paging began is lost
+
+
+def test_fingerprint_fast_path_skips_known_rows(api: SimulatedApi) -> None:
+    with client_for(api) as client:
+        first = client.list_stream_usage(since=START - timedelta(days=1), fingerprint=lambda r: 7)
+        known = dict.fromkeys((r.stream_id or "" for r in first.rows), 7)
+        again = client.list_stream_usage(
+            since=START - timedelta(days=1), fingerprint=lambda r: 7, known=known
+        )
+    assert again.rows == []
+    assert again.unchanged == set(known)
+
+
+def test_task_endpoints(api: SimulatedApi, world: World) -> None:
+    stream = world.visible_streams()[0]
+    with client_for(api) as client:
+        usage = client.get_task_usage(stream.task_id)
+        details = client.get_task(stream.task_id)
+        with pytest.raises(NotFound):
+            client.get_task("no-such-task")
+        summary = client.get_summary()
+        active = client.list_tasks(status="active")
+    truth = [s for s in world.visible_streams() if s.task_id == stream.task_id]
+    assert usage.step_count == sum(s.steps for s in truth)
+    assert usage.neo_credits == sum(s.credits for s in truth)
+    assert details.task.id == stream.task_id
+    assert stream.stream_id in {s.stream_id for s in details.streams or ()}
+    assert summary.total_neo_credits is not None
+    assert all(info.status == "active" for info in active)
+
+
+def test_bearer_token_is_accepted(api: SimulatedApi) -> None:
+    with NeoClient(api.url, ("token", DEMO_TOKEN), timeout=5) as client:
+        assert client.get_summary().total_tasks is not None
+
+
+def test_wrong_key_is_a_clear_credentials_error(api: SimulatedApi) -> None:
+    with NeoClient(api.url, ("api_key", "neo_sk_wrong_wrong_wrong"), timeout=5) as client:
+        with pytest.raises(CredentialsRejected, match="credentials rejected") as caught:
+            client.get_summary()
+    assert caught.value.status == 401
+    assert caught.value.code == "unauthorized"
+    assert caught.value.error_id
+    assert "neo_sk_wrong" not in str(caught.value)
+    assert api.requests[("/api/v1/usage/summary", 401)] == 1  # 4xx is not retried
+
+
+def test_member_role_is_a_clear_forbidden_error(world: World) -> None:
+    with SimulatedApi(world, role="member") as api, client_for(api) as client:
+        with pytest.raises(RoleForbidden, match="role not allowed to read usage"):
+            client.list_stream_usage(since=START)
+
+
+def test_5xx_burst_is_retried(api: SimulatedApi) -> None:
+    api.faults.burst(2, status=503)
+    sleeps: list[float] = []
+    with client_for(api, sleep=sleeps.append) as client:
+        client.get_summary()
+    assert len(sleeps) == 2
+    assert api.requests[("/api/v1/usage/summary", 503)] == 2
+
+
+def test_5xx_beyond_the_budget_fails(api: SimulatedApi) -> None:
+    api.faults.burst(10, status=502)
+    with client_for(api) as client, pytest.raises(ApiStatusError) as caught:
+        client.get_summary()
+    assert caught.value.status == 502
+    assert api.requests[("/api/v1/usage/summary", 502)] == 4
+
+
+def test_429_honours_retry_after(api: SimulatedApi) -> None:
+    api.faults.rate_limit(1, retry_after=7)
+    sleeps: list[float] = []
+    with client_for(api, sleep=sleeps.append, retry=RetryPolicy(3, 0.0, 60.0)) as client:
+        client.get_summary()
+    assert sleeps == [7.0]
+
+
+def test_429_beyond_the_budget_is_rate_limited(api: SimulatedApi) -> None:
+    api.faults.rate_limit(10, retry_after=1)
+    with client_for(api) as client, pytest.raises(RateLimited):
+        client.get_summary()
+
+
+def test_timeout_is_retried_then_reported(api: SimulatedApi) -> None:
+    api.faults.latency = 0.5
+    with client_for(api, timeout=0.1, retry=RetryPolicy(1, 0.0, 0.0)) as client:
+        with pytest.raises(ApiTimeout):
+            client.get_summary()
+
+
+def test_connection_refused_is_a_transport_error() -> None:
+    with NeoClient("http://127.0.0.1:9", ("api_key", "k" * 20), timeout=1) as client:
+        client._retry = RetryPolicy(0, 0.0, 0.0)
+        with pytest.raises(ApiTransportError, match="connection failed"):
+            client.get_summary()
+
+
+def test_garbage_and_truncated_bodies_are_retried(api: SimulatedApi) -> None:
+    api.faults.garbage_rate = 1.0
+    with client_for(api) as client, pytest.raises(ApiPayloadError, match="not JSON"):
+        client.get_summary()
+    api.faults.garbage_rate = 0.0
+    api.faults.truncate_rate = 0.5
+    with client_for(api, retry=RetryPolicy(20, 0.0, 0.0)) as client:
+        listing = client.list_stream_usage(since=START - timedelta(hours=6))
+    assert listing.rows
+
+
+def test_schema_drift_is_tolerated(api: SimulatedApi, world: World) -> None:
+    api.faults.extra_fields = True
+    api.faults.null_fields = True
+    api.faults.unknown_status = True
+    with client_for(api) as client:
+        listing = client.list_stream_usage(since=START - timedelta(days=1))
+    assert listing.invalid == []
+    assert sorted(r.stream_id or "" for r in listing.rows) == window(world, world.clock)
+    assert "quarantined" in {r.status for r in listing.rows}
+
+
+def test_a_wrong_type_skips_only_its_row(api: SimulatedApi, world: World) -> None:
+    api.faults.wrong_type_rate = 0.05
+    with client_for(api) as client:
+        listing = client.list_stream_usage(since=START - timedelta(days=1))
+    assert listing.invalid
+    assert all(bad.task_id for bad in listing.invalid)
+    assert len(listing.rows) + len(listing.invalid) == len(window(world, world.clock))
+
+
+def test_requests_are_counted_by_endpoint_and_code(api: SimulatedApi) -> None:
+    seen: list[tuple[str, str]] = []
+    api.faults.burst(1, status=500)
+    with client_for(api, on_request=lambda e, c: seen.append((e, c))) as client:
+        client.list_stream_usage(since=START - timedelta(hours=1))
+    assert seen[:2] == [(STREAMS, "500"), (STREAMS, "200")]
+
+
+def test_mock_transport_without_has_more_stops_on_a_short_page() -> None:
+    calls: list[httpx.URL] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url)
+        return httpx.Response(200, json={"data": []})
+
+    with NeoClient(
+        "http://neo", ("api_key", "k" * 20), transport=httpx.MockTransport(handler)
+    ) as c:
+        assert c.list_stream_usage().rows == []
+    assert len(calls) == 1
