@@ -169,7 +169,8 @@ def main() -> None:
         ]
         floor, exporter_text, naive_ms = rows[0][1], rows[1][1], rows[-1][1]
         print(
-            f"series: {series:,}   body: {len(body) / 1e6:.1f} MB   render once per poll: {refresh_ms:.0f} ms"
+            f"series: {series:,}   body: {len(body) / 1e6:.1f} MB   "
+            f"render once per poll: {refresh_ms:.0f} ms"
         )
         print(f"{'case':34} {'median ms':>10} {'bytes sent':>12}")
         for name, ms, size in rows:

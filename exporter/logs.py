@@ -124,7 +124,7 @@ def _renderer_chain(fmt: str, stream: TextIO) -> list[Processor]:
         renderer = structlog.dev.ConsoleRenderer(colors=_isatty(stream))
     else:
         raise ValueError(f"unknown log format {fmt!r}; expected auto, json or console")
-    return [exceptions, _RedactingRenderer(renderer)]
+    return [exceptions, redact_secrets, _RedactingRenderer(renderer)]
 
 
 def _isatty(stream: TextIO) -> bool:
