@@ -32,6 +32,7 @@ FINGERPRINT_KEYS = (
     "total_execution_ms",
 )  # fmt: skip
 
+EXEMPLAR_COUNTERS = frozenset({RUN_COUNTERS["credits"].name})
 Ranges = list[list[int]]  # sorted, disjoint half-open [start, end) ranges of counted indices
 
 
@@ -170,13 +171,20 @@ class Deltas:
     counters: dict[tuple[str, tuple[str, ...]], int] = field(default_factory=dict)
     observations: list[tuple[str, tuple[str, ...], int]] = field(default_factory=list)
     decreases: dict[str, int] = field(default_factory=dict)
+    # The task behind the latest increment of a series, for OpenMetrics exemplars:
+    # counters keyed by (name, labels), observations by their position above.
+    counter_tasks: dict[tuple[str, tuple[str, ...]], tuple[str, int]] = field(default_factory=dict)
+    observation_tasks: list[str] = field(default_factory=list)
 
-    def add(self, name: str, labels: tuple[str, ...], amount: int) -> None:
+    def add(self, name: str, labels: tuple[str, ...], amount: int, task_id: str = "") -> None:
         key = (name, labels)
         self.counters[key] = self.counters.get(key, 0) + amount
+        if task_id and name in EXEMPLAR_COUNTERS:
+            self.counter_tasks[key] = (task_id, amount)
 
-    def observe(self, name: str, labels: tuple[str, ...], value: int) -> None:
+    def observe(self, name: str, labels: tuple[str, ...], value: int, task_id: str = "") -> None:
         self.observations.append((name, labels, value))
+        self.observation_tasks.append(task_id)
 
 
 def _mark(ranges: Ranges, index: int) -> bool:
@@ -221,7 +229,7 @@ def apply(
         before, now = getattr(state, name), obs.values[name]
         if now > before:
             if not silent:
-                deltas.add(RUN_COUNTERS[name].name, labels, now - before)
+                deltas.add(RUN_COUNTERS[name].name, labels, now - before, obs.task_id)
             setattr(state, name, now)
         elif now < before:
             deltas.decreases[name] = deltas.decreases.get(name, 0) + 1
@@ -235,12 +243,13 @@ def apply(
             deltas.decreases["agent_breakdown"] = deltas.decreases.get("agent_breakdown", 0) + 1
     for index, tool, duration_ms in obs.tool_calls:
         if _mark(state.tools_seen, index) and not silent:
-            deltas.observe(TOOL_DURATION.name, (model, guard.admit("tool", tool)), duration_ms)
+            tool_labels = (model, guard.admit("tool", tool))
+            deltas.observe(TOOL_DURATION.name, tool_labels, duration_ms, obs.task_id)
     if obs.terminal and not state.finished:
         state.finished = True
         if not state.baselined:
             deltas.add(RUNS.name, labels, 1)
-            deltas.observe(RUN_CREDITS.name, labels, state.credits)
-            deltas.observe(RUN_DURATION.name, labels, state.exec_ms)
+            deltas.observe(RUN_CREDITS.name, labels, state.credits, obs.task_id)
+            deltas.observe(RUN_DURATION.name, labels, state.exec_ms, obs.task_id)
     state.model, state.status, state.fingerprint = obs.model, obs.status, obs.fingerprint
     return state

@@ -11,6 +11,7 @@ import httpx
 import structlog
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
+from exporter.account import AccountReader
 from exporter.client import NeoClient, RetryPolicy
 from exporter.collector import UsageCollector
 from exporter.exposition import Exposition
@@ -89,6 +90,12 @@ class Exporter:
             max_workers=settings.max_concurrent_requests,
             clock=clock,
             on_commit=self.exposition.refresh,
+            account=AccountReader(
+                self.client,
+                lookback=settings.lookback,
+                team_view=settings.team_view,
+                export_emails=settings.export_emails,
+            ),
         )
         web = load_web_config(settings.web_config_file) if settings.web_config_file else WebConfig()
         self.server: ThreadingHTTPServer = make_server(

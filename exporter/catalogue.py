@@ -20,7 +20,7 @@ class MetricSpec:
     help: str
     labels: tuple[str, ...] = ()
     scale: int = 1  # stored integer units per served unit
-    group: Literal["usage", "tasks", "pinned", "account", "self"] = "usage"
+    group: Literal["usage", "tasks", "pinned", "account", "team", "self"] = "usage"
 
 
 MS = ("model", "status")
@@ -141,6 +141,44 @@ PINNED_INFO = MetricSpec(
     group="pinned",
 )
 
+# Account balance, from /usage/summary and /billing/credits; absent until first read.
+ACCOUNT = tuple(
+    MetricSpec(name, "gauge", text, group="account")
+    for name, text in (
+        ("neo_account_available_credits", "Credits available to the account or team."),
+        ("neo_account_issued_credits", "Credits issued to the account or team."),
+        (
+            "neo_account_used_credits_since_reset",
+            "Credits used since the last credit reset.",
+        ),
+        (
+            "neo_account_credits_expiry_timestamp_seconds",
+            "Unix time the account's credits expire.",
+        ),
+        (
+            "neo_account_last_credit_reset_timestamp_seconds",
+            "Unix time of the account's last credit reset.",
+        ),
+        ("neo_account_credits_expired", "1 if the account's credits have expired, else 0."),
+    )
+)
+# Team view (TEAM_VIEW=true, team admins): per-member spend over the lookback window.
+TEAM = tuple(
+    MetricSpec(name, "gauge", text, ("member",), group="team")
+    for name, text in (
+        (
+            "neo_team_member_window_credits",
+            "Credits spent by a team member over the lookback window; member is a "
+            "pseudonym unless EXPORT_EMAILS is set.",
+        ),
+        (
+            "neo_team_member_window_tasks",
+            "Tasks of a team member over the lookback window; member is a pseudonym "
+            "unless EXPORT_EMAILS is set.",
+        ),
+    )
+)
+
 # The exporter's own metrics (prometheus_client objects in exporter.selfmetrics).
 SELF: tuple[MetricSpec, ...] = (
     MetricSpec(
@@ -217,7 +255,17 @@ SELF: tuple[MetricSpec, ...] = (
 
 def all_specs() -> tuple[MetricSpec, ...]:
     """Every metric family, in the order the README documents them."""
-    return (*COUNTERS, *HISTOGRAMS, TASKS, TRACKED_TASKS, *PINNED, PINNED_INFO, *SELF)
+    return (
+        *COUNTERS,
+        *HISTOGRAMS,
+        TASKS,
+        TRACKED_TASKS,
+        *PINNED,
+        PINNED_INFO,
+        *ACCOUNT,
+        *TEAM,
+        *SELF,
+    )
 
 
 def markdown_table() -> str:

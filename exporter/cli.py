@@ -7,14 +7,28 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import Literal
 
 import structlog
 
 from exporter import __version__
+from exporter.app import Exporter
 from exporter.errors import ExporterError
+from exporter.logs import configure_logging, register_secret
+from exporter.settings import (
+    ConfigError,
+    Settings,
+    add_settings_arguments,
+    listen_host_port,
+    load_settings,
+    render_effective,
+)
+from exporter.simulator import DEMO_API_KEY, ScaledClock, SimulatedApi, World, serve
 
 log = structlog.get_logger(__name__)
 
@@ -23,7 +37,6 @@ EXIT_STATE = 3
 
 
 def _parser() -> argparse.ArgumentParser:
-    from exporter.settings import add_settings_arguments
 
     parser = argparse.ArgumentParser(
         prog="neo-exporter",
@@ -67,26 +80,48 @@ def _install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
-def _run(args: argparse.Namespace, *, demo: bool) -> int:
-    from exporter.app import Exporter
-    from exporter.logs import configure_logging
-    from exporter.settings import ConfigError, listen_host_port, load_settings
+@dataclass
+class _Demo:
+    """The simulated API a demo runs against, and the clock both sides share."""
 
+    settings: Settings
+    url: str
+    clock: ScaledClock
+
+
+def _start_demo(settings: Settings, stop: threading.Event) -> _Demo:
+    """Start the simulator on loopback and point the settings at it."""
+    clock = ScaledClock(datetime.now(UTC), settings.sim_speed)
+    world = World(seed=1, clock=clock, tasks_per_day=settings.sim_tasks_per_day)
+    api = SimulatedApi(world)
+    api.start()
+    threading.Thread(target=lambda: (stop.wait(), api.stop()), daemon=True).start()
+    updates: dict[str, object] = {"api_url": api.url}
+    if "poll_interval" not in settings.model_fields_set:
+        updates["poll_interval"] = 2.0
+    if "state_path" not in settings.model_fields_set:
+        updates["state_path"] = Path(tempfile.mkdtemp(prefix="neo-exporter-demo-")) / "state.db"
+    return _Demo(settings.model_copy(update=updates), api.url, clock)
+
+
+def _run(args: argparse.Namespace, *, demo: bool) -> int:
     try:
         settings = load_settings(args)
         configure_logging(settings.log_level, settings.log_format)
         stop = threading.Event()
         _install_signal_handlers(stop)
-        simulator = None
+        simulated = None
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # noqa: E731
+        credential: tuple[Literal["api_key", "token"], str]
         if demo:
-            settings, credential, simulator = _start_demo(settings, stop)
+            simulated = _start_demo(settings, stop)
+            settings, clock = simulated.settings, simulated.clock.now
+            credential = ("api_key", DEMO_API_KEY)
         else:
             credential = settings.require_credential()
-        from exporter.logs import register_secret
-
         register_secret(credential[1])
         host, port = listen_host_port(settings)
-        exporter = Exporter(settings, credential, host=host, port=port)
+        exporter = Exporter(settings, credential, host=host, port=port, clock=clock)
     except ConfigError as exc:
         print(f"neo-exporter: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -94,9 +129,10 @@ def _run(args: argparse.Namespace, *, demo: bool) -> int:
         print(f"neo-exporter: {exc}", file=sys.stderr)
         return EXIT_STATE
     exporter.start()
-    if demo:
+    if simulated is not None:
         print(
-            f"Simulated Neo API: {simulator}\nExporter:          {exporter.url}/metrics\n"
+            f"Simulated Neo API: {simulated.url}  (clock x{settings.sim_speed:g})\n"
+            f"Exporter:          {exporter.url}/metrics\n"
             "Press Ctrl-C to stop.",
             file=sys.stderr,
             flush=True,
@@ -106,31 +142,7 @@ def _run(args: argparse.Namespace, *, demo: bool) -> int:
     return 0
 
 
-def _start_demo(settings, stop):  # type: ignore[no-untyped-def]
-    """Start the simulator on loopback and point the settings at it."""
-    from datetime import UTC, datetime
-
-    from exporter.simulator import DEMO_API_KEY, ScaledClock, SimulatedApi, World
-
-    world = World(
-        seed=1,
-        clock=ScaledClock(datetime.now(UTC), settings.sim_speed),
-        tasks_per_day=settings.sim_tasks_per_day,
-    )
-    api = SimulatedApi(world)
-    api.start()
-    threading.Thread(target=lambda: (stop.wait(), api.stop()), daemon=True).start()
-    updates: dict[str, object] = {"api_url": api.url}
-    if "poll_interval" not in settings.model_fields_set:
-        updates["poll_interval"] = 2.0
-    if "state_path" not in settings.model_fields_set:
-        updates["state_path"] = Path(tempfile.mkdtemp(prefix="neo-exporter-demo-")) / "state.db"
-    return settings.model_copy(update=updates), ("api_key", DEMO_API_KEY), api.url
-
-
 def _check_config(args: argparse.Namespace) -> int:
-    from exporter.settings import ConfigError, load_settings, render_effective
-
     try:
         settings = load_settings(args)
         settings.require_credential()
@@ -142,9 +154,6 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from exporter.logs import configure_logging
-    from exporter.simulator import DEMO_API_KEY, serve
-
     configure_logging("info", args.log_format)
     key = DEMO_API_KEY
     if args.api_key_file is not None:

@@ -224,8 +224,10 @@ class NeoClient:
                 break
         return list(found.values())
 
-    def get_summary(self) -> UsageSummary:
-        return self._parse(SUMMARY, UsageSummary, self._get(SUMMARY, SUMMARY))
+    def get_summary(self, *, since: datetime | None = None) -> UsageSummary:
+        """Account totals and balance; with ``since``, usage figures cover that window."""
+        params = {"from": _iso(since)} if since is not None else None
+        return self._parse(SUMMARY, UsageSummary, self._get(SUMMARY, SUMMARY, params))
 
     def get_credits(self) -> CreditBalance:
         return self._parse(CREDITS, CreditBalance, self._get(CREDITS, CREDITS))

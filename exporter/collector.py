@@ -8,12 +8,24 @@ from datetime import UTC, datetime
 
 from prometheus_client.core import (
     CounterMetricFamily,
+    Exemplar,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
 
-from exporter.catalogue import COUNTERS, HISTOGRAMS, PINNED, PINNED_INFO, TASKS, TRACKED_TASKS
+from exporter.account import ACCOUNT_KEY, TEAM_KEY
+from exporter.catalogue import (
+    ACCOUNT,
+    COUNTERS,
+    HISTOGRAMS,
+    PINNED,
+    PINNED_INFO,
+    TASKS,
+    TEAM,
+    TRACKED_TASKS,
+    MetricSpec,
+)
 from exporter.ledger import Ledger
 
 # Task-details statuses are a closed, documented vocabulary: always allowed as labels.
@@ -53,6 +65,7 @@ class UsageCollector:
         yield from self._histograms()
         yield from self._tasks()
         yield from self._pinned()
+        yield from self._account()
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -64,7 +77,9 @@ class UsageCollector:
         for spec in COUNTERS:
             family = CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
             for labels, value in sorted(by_name.get(spec.name, ())):
-                family.add_metric(labels, value / spec.scale)
+                family.add_metric(
+                    labels, value / spec.scale, exemplar=self._exemplar(spec, labels, -1)
+                )
             yield family
 
     def _histograms(self) -> Iterator[Metric]:
@@ -75,12 +90,27 @@ class UsageCollector:
             family = HistogramMetricFamily(spec.name, spec.help, labels=spec.labels)
             for labels in sorted(by_name.get(spec.name, ())):
                 hist = self.ledger.histograms[(spec.name, labels)]
-                running, buckets = 0, []
-                for bound, count in zip((*hist.bounds, float("inf")), hist.buckets, strict=True):
+                running = 0
+                buckets: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
+                bounds = (*hist.bounds, float("inf"))
+                for index, (bound, count) in enumerate(zip(bounds, hist.buckets, strict=True)):
                     running += count
-                    buckets.append((_le(bound), float(running)))
+                    exemplar = self._exemplar(spec, labels, index)
+                    if exemplar is None:
+                        buckets.append((_le(bound), float(running)))
+                    else:
+                        buckets.append((_le(bound), float(running), exemplar))
                 family.add_metric(labels, buckets, hist.sum / spec.scale)
             yield family
+
+    def _exemplar(self, spec: MetricSpec, labels: tuple[str, ...], index: int) -> Exemplar | None:
+        """The task behind a series' latest increment (OpenMetrics only; text drops it)."""
+        found = self.ledger.exemplars.get((spec.name, labels, index))
+        if found is None:
+            return None
+        task_id, value, stamp = found
+        # OpenMetrics caps exemplar label names and values at 128 characters together.
+        return Exemplar({"task_id": task_id[: 128 - len("task_id")]}, value / spec.scale, stamp)
 
     def _tasks(self) -> Iterator[Metric]:
         horizon = self.clock().timestamp() - self.lookback
@@ -116,6 +146,26 @@ class UsageCollector:
         for task_id, snap in snapshots.items():
             info.add_metric([task_id, snap["model"][:120], snap["status"][:60]], 1)
         yield info
+
+    def _account(self) -> Iterator[Metric]:
+        raw = self.ledger.meta.get(ACCOUNT_KEY)
+        values: dict[str, float] = json.loads(raw) if raw else {}
+        for spec, key in zip(ACCOUNT, ACCOUNT_FIELDS, strict=True):
+            if key in values:
+                yield GaugeMetricFamily(spec.name, spec.help, value=values[key])
+        raw = self.ledger.meta.get(TEAM_KEY)
+        if raw is None:
+            return
+        members: dict[str, list[float]] = json.loads(raw)
+        for position, spec in enumerate(TEAM):
+            family = GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+            for member, figures in sorted(members.items()):
+                family.add_metric([member], figures[position])
+            yield family
+
+
+# Keys of the stored account snapshot, in the order of catalogue.ACCOUNT.
+ACCOUNT_FIELDS = ("available", "issued", "used_since_reset", "expires_at", "last_reset", "expired")
 
 
 def _le(bound: float) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -73,10 +74,13 @@ class Histogram:
     def __post_init__(self) -> None:
         self.limits = [bound * self.scale for bound in self.bounds]
 
-    def observe(self, value: int) -> None:
-        self.buckets[bisect_left(self.limits, value)] += 1
+    def observe(self, value: int) -> int:
+        """Count ``value``; returns the index of its bucket."""
+        index = bisect_left(self.limits, value)
+        self.buckets[index] += 1
         self.sum += value
         self.count += 1
+        return index
 
     def copy(self) -> Histogram:
         return Histogram(self.bounds, self.scale, list(self.buckets), self.sum, self.count)
@@ -138,6 +142,9 @@ class Ledger:
         self.counters: dict[tuple[str, Labels], int] = {}
         self.histograms: dict[tuple[str, Labels], Histogram] = {}
         self.tasks: dict[str, TaskRecord] = {}
+        # Latest (task_id, value in stored units, unix time) per counter series or
+        # histogram bucket; kept in memory only, as exemplars are samples, not totals.
+        self.exemplars: dict[tuple[str, Labels, int], tuple[str, int, float]] = {}
         self.fingerprints: dict[str, int | None] = {}
         self.meta: dict[str, str] = {}
         self._db = self._connect()
@@ -242,11 +249,18 @@ class Ledger:
         }
         histograms: dict[tuple[str, Labels], Histogram] = {}
         specs = {spec.name: spec for spec in HISTOGRAMS}
-        for name, labels, value in changes.deltas.observations:
+        exemplars: dict[tuple[str, Labels, int], tuple[str, int, float]] = {}
+        stamp = time.time()
+        tasks = changes.deltas.observation_tasks
+        for position, (name, labels, value) in enumerate(changes.deltas.observations):
             key = (name, labels)
             if key not in histograms:
                 histograms[key] = self.histogram_for(specs[name], labels)
-            histograms[key].observe(value)
+            bucket = histograms[key].observe(value)
+            if position < len(tasks) and tasks[position]:
+                exemplars[(name, labels, bucket)] = (tasks[position], value, stamp)
+        for (name, labels), (task_id, amount) in changes.deltas.counter_tasks.items():
+            exemplars[(name, labels, -1)] = (task_id, amount, stamp)
         new_labels = list(self.guard.new)
         db = self._db
         try:
@@ -293,6 +307,7 @@ class Ledger:
         self.guard.new.clear()
         self.counters.update(counters)
         self.histograms.update(histograms)
+        self.exemplars.update(exemplars)
         self.tasks.update(changes.tasks)
         self.meta.update(changes.meta)
         for state in changes.runs:

@@ -120,6 +120,14 @@ class TaskDetails(_Tolerant):
     streams: list[TaskStreamSummary] | None = None
 
 
+class MemberUsage(_Tolerant):
+    """One entry of the summary's ``by_email`` (team admins only)."""
+
+    email: str
+    neo_credits: Amount = None
+    tasks: OptionalCount = None
+
+
 class UsageSummary(_Tolerant):
     total_neo_credits: Amount = None
     total_tasks: OptionalCount = None
@@ -129,6 +137,7 @@ class UsageSummary(_Tolerant):
     last_credit_reset: Annotated[datetime | None, BeforeValidator(_aware)] = None
     neo_credits_expires_at: Annotated[datetime | None, BeforeValidator(_aware)] = None
     neo_credits_is_expired: bool | None = None
+    by_email: list[Any] | None = None  # MemberUsage entries, validated one by one
 
 
 class CreditBalance(_Tolerant):

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import structlog
 
+from exporter.account import AccountReader
 from exporter.accounting import NON_TERMINAL, Deltas, Observation, apply, row_fingerprint, to_nano
 from exporter.client import Listing, NeoClient
 from exporter.errors import ApiError, ExporterError, NotFound
@@ -63,6 +64,7 @@ class Poller:
         max_workers: int = 4,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_commit: Callable[[], None] = lambda: None,
+        account: AccountReader | None = None,
     ) -> None:
         self.client = client
         self.ledger = ledger
@@ -71,6 +73,7 @@ class Poller:
         self.pinned = list(dict.fromkeys(pinned))
         self.clock = clock
         self.on_commit = on_commit
+        self.account = account
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="neo-fetch")
         self._task_list_supported = True
         self.polls_done = 0
@@ -153,6 +156,12 @@ class Poller:
         self._poll_live_tasks(rows, report, details)
         self._resolve_old_streams(rows, baseline, details, report)
         self._fold(rows, baseline, details, changes, report, now)
+        if self.account is not None:
+            account_meta, errors = self.account.read(now)
+            changes.meta.update(account_meta)
+            for exc in errors:
+                self.metrics.errors.labels(exc.reason).inc()
+                log.warning("account_read_failed", reason=exc.reason, error=str(exc))
         self.ledger.commit(changes)
         self._after_commit(changes.deltas)
         self.polls_done += 1

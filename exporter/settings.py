@@ -253,7 +253,7 @@ def split_host_port(address: str) -> tuple[str, int]:
         raise ValueError("has an IPv6 address without [brackets]")
     elif host and not _HOSTNAME.fullmatch(host):
         raise ValueError("has an invalid host")
-    if not _PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
+    if not _PORT.fullmatch(port) or not 0 <= int(port) <= 65535:
         raise ValueError("has an invalid port")
     return host, int(port)
 
@@ -298,7 +298,7 @@ _FORMS = {
     "api_url": "an http:// or https:// URL like https://neo.api.projectdiscovery.io",
     "api_key": "the API key as a non-empty string",
     "api_token": "the bearer token as a non-empty string",
-    "listen_address": "host:port, [ipv6]:port or :port, with port 1-65535",
+    "listen_address": "host:port, [ipv6]:port or :port, with port 0-65535 (0 picks a free port)",
     "task_ids": "comma-separated task IDs of letters, digits and _ . : - (max 256 characters)",
     "log_level": "one of debug, info, warning, error",
     "log_format": "one of auto, json, console",

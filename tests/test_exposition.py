@@ -168,3 +168,23 @@ def test_content_negotiation(accept: str, expected: bool) -> None:
 )
 def test_gzip_negotiation(header: str, expected: bool) -> None:
     assert accepts_gzip(header) is expected
+
+
+def test_openmetrics_carries_task_exemplars(ledger: Ledger) -> None:
+    fill(ledger)
+    exposition = build(ledger)
+    body = exposition.render(openmetrics=True, compress=False)[0].decode()
+    credits = [line for line in body.splitlines() if line.startswith("neo_credits_total{")]
+    gpt = next(line for line in credits if 'model="gpt-5"' in line)
+    assert ' # {task_id="task-2"} 40.0 ' in gpt
+    bucket = next(
+        line
+        for line in body.splitlines()
+        if line.startswith('neo_task_run_credits_bucket{le="100.0",model="gpt-5"')
+    )
+    assert '# {task_id="task-2"} 40.0' in bucket
+    families = {f.name: f for f in parse_openmetrics(body)}
+    exemplars = [s.exemplar for s in families["neo_credits"].samples if s.exemplar]
+    assert {e.labels["task_id"] for e in exemplars} == {"task-1", "task-2"}
+    text = exposition.render(openmetrics=False, compress=False)[0].decode()
+    assert "task_id" not in text  # the text format has no exemplars, and no task label

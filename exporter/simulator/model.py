@@ -6,7 +6,12 @@ import random
 from datetime import UTC, datetime
 
 # Usage status of a finished stream -> status of the stream and task on the task-details API.
-DETAILS_STATUS = {"completed": "completed", "error": "error", "failed": "error", "aborted": "aborted"}
+DETAILS_STATUS = {
+    "completed": "completed",
+    "error": "error",
+    "failed": "error",
+    "aborted": "aborted",
+}
 
 
 def to_ms(moment: datetime) -> int:

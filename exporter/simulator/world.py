@@ -9,7 +9,6 @@ import threading
 from bisect import insort
 from collections import Counter
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from exporter.simulator import views
@@ -65,6 +64,7 @@ class World:
         self.live_rows = live_rows
         self.created_mode = stream_created_at
         self.team = team
+        self.tasks_per_day = tasks_per_day
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
         self._mean_gap = DAY_MS / tasks_per_day
@@ -82,6 +82,7 @@ class World:
         self._new_streams: list[Key] = []
         self._new_tasks: list[Key] = []
         self._plans: dict[int, Plan] = {}
+        self.row_cache: dict[tuple[int, int], str] = {}  # (stream no, version) -> JSON
         self._next_arrival = origin + self._arrival_gap(origin)
         self.synced = origin
         self._target = origin
@@ -115,11 +116,7 @@ class World:
                 at, kind, _, ref = heapq.heappop(events)
                 self._handle(at, kind, ref)
         self.synced = target
-        self.open_tasks = {
-            no
-            for no in self.open_tasks
-            if target < self.tasks[no].streams[-1].end or self.tasks[no].next_continue
-        }
+        self.open_tasks = {no for no in self.open_tasks if target < self.tasks[no].streams[-1].end}
         _merge(self.stream_index, self._new_streams)
         _merge(self.task_index, self._new_tasks)
 
@@ -278,6 +275,3 @@ def _merge(index: list[Key], new: list[Key]) -> None:
         for key in new:
             insort(index, key)
     new.clear()
-
-
-__all__ = ["Decimal", "World"]

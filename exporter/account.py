@@ -1,0 +1,128 @@
+"""Account balance and the opt-in team view: gauges read from the summary and billing APIs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from exporter.client import NeoClient
+from exporter.errors import ApiError, ApiStatusError
+from exporter.models import MemberUsage, describe_validation_error
+
+log = structlog.get_logger(__name__)
+
+ACCOUNT_KEY = "account"
+TEAM_KEY = "team"
+
+
+def member_label(email: str, *, export_emails: bool) -> str:
+    """The ``member`` label: the address itself only when explicitly enabled.
+
+    Otherwise a stable pseudonym, so that a dashboard can still tell members apart
+    without personal data leaving the exporter.
+    """
+    if export_emails:
+        return email.strip().lower()[:120]
+    digest = hashlib.blake2b(email.strip().lower().encode(), digest_size=5).hexdigest()
+    return f"member-{digest}"
+
+
+def _number(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _stamp(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+class AccountReader:
+    """Reads balance (and per-member spend) once per poll; failures keep the last values."""
+
+    def __init__(
+        self,
+        client: NeoClient,
+        *,
+        lookback: float,
+        team_view: bool = False,
+        export_emails: bool = False,
+    ) -> None:
+        self.client = client
+        self.lookback = lookback
+        self.team_view = team_view
+        self.export_emails = export_emails
+        self._billing_supported = True
+        self.requests = 0
+
+    def read(self, now: datetime) -> tuple[dict[str, str], list[ApiError]]:
+        """Meta entries to commit with the poll, and the errors met on the way."""
+        account: dict[str, float | None] = {}
+        errors: list[ApiError] = []
+        meta: dict[str, str] = {}
+        try:
+            self.requests += 1
+            # Only the team view needs window figures; the balance needs no window.
+            window = now - timedelta(seconds=self.lookback) if self.team_view else None
+            summary = self.client.get_summary(since=window)
+        except ApiError as exc:
+            errors.append(exc)
+        else:
+            account.update(
+                available=_number(summary.total_available_neo_credits),
+                issued=_number(summary.total_issued_neo_credits),
+                used_since_reset=_number(summary.total_neo_credits_post_reset),
+                expires_at=_stamp(summary.neo_credits_expires_at),
+                last_reset=_stamp(summary.last_credit_reset),
+                expired=None
+                if summary.neo_credits_is_expired is None
+                else float(summary.neo_credits_is_expired),
+            )
+            if self.team_view:
+                meta[TEAM_KEY] = json.dumps(self._members(summary.by_email), sort_keys=True)
+        if self._billing_supported:
+            try:
+                self.requests += 1
+                balance = self.client.get_credits()
+            except ApiStatusError as exc:
+                if exc.status in (403, 404, 405):
+                    self._billing_supported = False  # not offered to this key: summary only
+                    log.info("billing_credits_unavailable", status=exc.status)
+                else:
+                    errors.append(exc)
+            except ApiError as exc:
+                errors.append(exc)
+            else:
+                # The billing endpoint is the documented source of the balance; prefer it.
+                for key, value in (
+                    ("available", _number(balance.available_credits)),
+                    ("issued", _number(balance.issued_credits)),
+                    ("expires_at", _stamp(balance.expires_at)),
+                    ("expired", None if balance.is_expired is None else float(balance.is_expired)),
+                ):
+                    if value is not None:
+                        account[key] = value
+        present = {k: v for k, v in account.items() if v is not None}
+        if present:
+            meta[ACCOUNT_KEY] = json.dumps(present, sort_keys=True)
+        return meta, errors
+
+    def _members(self, entries: list[Any] | None) -> dict[str, list[float]]:
+        members: dict[str, list[float]] = {}
+        for raw in entries or ():
+            try:
+                entry = MemberUsage.model_validate(raw)
+            except ValidationError as exc:
+                log.warning("member_row_skipped", reason=describe_validation_error(exc))
+                continue
+            label = member_label(entry.email, export_emails=self.export_emails)
+            credits, tasks = members.get(label, [0.0, 0.0])
+            members[label] = [
+                credits + float(entry.neo_credits or 0),
+                tasks + float(entry.tasks or 0),
+            ]
+        return members
