@@ -51,7 +51,8 @@ class Exporter:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         process_metrics: bool = True,
     ) -> None:
-        disable_created_metrics()  # *_created series only add cardinality here
+        # *_created series only add cardinality here (the function is untyped upstream)
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.settings = settings
         self.health = Health()
         self.metrics = SelfMetrics(process=process_metrics)

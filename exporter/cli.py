@@ -18,6 +18,8 @@ import structlog
 
 from exporter import __version__
 from exporter.app import Exporter
+from exporter.backfill import run_backfill
+from exporter.durations import parse_duration
 from exporter.errors import ExporterError
 from exporter.logs import configure_logging, register_secret
 from exporter.settings import (
@@ -50,6 +52,20 @@ def _parser() -> argparse.ArgumentParser:
         ("demo", "run the simulated Neo API and the exporter together, on loopback"),
     ):
         add_settings_arguments(commands.add_parser(name, help=text, description=text))
+    text = "write past usage as timestamped OpenMetrics for promtool tsdb create-blocks-from"
+    back = commands.add_parser("backfill", help=text, description=text)
+    add_settings_arguments(back)
+    back.add_argument(
+        "--from", dest="start", required=True, type=_moment, help="start (ISO date or time, UTC)"
+    )
+    back.add_argument(
+        "--to",
+        dest="end",
+        type=_moment,
+        help="end, exclusive (default: the baseline in STATE_PATH if it exists, else now)",
+    )
+    back.add_argument("--step", default="5m", help="sample resolution (default %(default)s)")
+    back.add_argument("--output", "-o", type=Path, help="file to write (default: standard output)")
     sim = commands.add_parser(
         "simulate",
         help="serve the simulated Neo API alone",
@@ -69,6 +85,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     return parser
+
+
+def _moment(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a date; expected 2026-11-01 or 2026-11-01T12:00:00Z"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args)
+        configure_logging(settings.log_level, settings.log_format)
+        credential = settings.require_credential()
+        register_secret(credential[1])
+        step = parse_duration(args.step)
+    except ConfigError as exc:
+        print(f"neo-exporter: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
+        print(f"neo-exporter: --step: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        summary = run_backfill(
+            settings, credential, start=args.start, end=args.end, step=step, output=args.output
+        )
+    except ExporterError as exc:
+        print(f"neo-exporter: {exc}", file=sys.stderr)
+        return EXIT_STATE
+    print(summary, file=sys.stderr)
+    return 0
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:
@@ -95,7 +145,12 @@ def _start_demo(settings: Settings, stop: threading.Event) -> _Demo:
     world = World(seed=1, clock=clock, tasks_per_day=settings.sim_tasks_per_day)
     api = SimulatedApi(world)
     api.start()
-    threading.Thread(target=lambda: (stop.wait(), api.stop()), daemon=True).start()
+
+    def stop_with_demo() -> None:
+        stop.wait()
+        api.stop()
+
+    threading.Thread(target=stop_with_demo, daemon=True).start()
     updates: dict[str, object] = {"api_url": api.url}
     if "poll_interval" not in settings.model_fields_set:
         updates["poll_interval"] = 2.0
@@ -188,5 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args)
     if args.command == "simulate":
         return _simulate(args)
+    if args.command == "backfill":
+        return _backfill(args)
     parser.print_help(sys.stderr)
     return EXIT_USAGE

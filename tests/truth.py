@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -48,9 +49,13 @@ class Truth:
             if stream.stream_id in ledger.fingerprints and stream.stream_id not in self.first_seen:
                 self.first_seen[stream.stream_id] = stream
 
-    def expected(self, baseline: float) -> dict[str, int]:
+    def expected(
+        self, baseline: float, *, only: Callable[[StreamTruth], bool] = lambda s: True
+    ) -> dict[str, int]:
         totals: Counter[str] = Counter()
         for stream in self.world.visible_streams():
+            if not only(stream):
+                continue
             if stream.started_at.timestamp() >= baseline:
                 for name in (*FIELDS, "llm_cost", "neo_cost"):
                     totals[name] += _units(stream, name)

@@ -1,4 +1,4 @@
-"""Fault injection for the simulated API: errors, rate limits, slow, broken and drifting payloads."""
+"""Fault injection for the simulated API: errors, rate limits, broken and drifting payloads."""
 
 from __future__ import annotations
 

@@ -198,6 +198,17 @@ def task_list(world: World, now: int, params: Params) -> tuple[list[Task], str |
 
 def summary(world: World, now: int, params: Params) -> dict[str, Any]:
     """GET /usage/summary: account totals over the listed streams in [from, to)."""
+    if world.memo_at != now:
+        world.memo.clear()
+        world.memo_at = now
+    key = ("summary", tuple(sorted(params.items())))
+    if key not in world.memo:
+        world.memo[key] = _summary(world, now, params)
+    result: dict[str, Any] = world.memo[key]
+    return result
+
+
+def _summary(world: World, now: int, params: Params) -> dict[str, Any]:
     group_by = params.get("group_by")
     if group_by not in (None, "day", "week", "month"):
         raise BadRequest("group_by must be day, week or month")
@@ -206,32 +217,37 @@ def summary(world: World, now: int, params: Params) -> dict[str, Any]:
     by_model: dict[str, dict[str, Any]] = {}
     by_email: dict[str, dict[str, Any]] = {}
     by_period: dict[str, dict[str, Any]] = {}
-    byok = {"total_llm_cost": Decimal(0), "total_neo_cost": Decimal(0), "total_streams": 0}
+    byok_llm, byok_neo, byok_streams = Decimal(0), Decimal(0), 0
     tasks: dict[str, str] = {}
     byok_tasks: set[str] = set()
     for _, _, no in _window(world.stream_index, params):
         stream = world.streams[no]
         task = stream.task
-        usage = world.usage(stream, now)
-        spent, llm_cost, neo_cost = money(task, usage.credits)
+        version = stream.version(now)
+        if version:
+            micro, n_steps, n_calls, n_triggers, n_ms = world.scalars(stream).final(version == 2)
+        else:  # still running: only the full plan knows how far it got
+            usage = world.usage(stream, now)
+            micro, n_steps, n_calls = usage.credits, usage.steps, len(usage.tools)
+            n_triggers, n_ms = usage.agent_triggers, usage.exec_ms
+        spent, llm_cost, neo_cost = money(task, micro)
         credits += spent
-        steps, calls = steps + usage.steps, calls + len(usage.tools)
-        triggers, exec_ms = triggers + usage.agent_triggers, exec_ms + usage.exec_ms
+        steps, calls = steps + n_steps, calls + n_calls
+        triggers, exec_ms = triggers + n_triggers, exec_ms + n_ms
         new_task = task.task_id not in tasks
         tasks[task.task_id] = aggregate_status(task, now)
-        buckets = [by_model.setdefault(task.model, {"neo_credits": Decimal(0), "tasks": 0})]
+        buckets = [_bucket(by_model, task.model)]
         if world.team:
-            buckets.append(by_email.setdefault(task.email, {"neo_credits": Decimal(0), "tasks": 0}))
+            buckets.append(_bucket(by_email, task.email))
         if group_by:
-            buckets.append(by_period.setdefault(_period(stream, world, group_by),
-                                                {"neo_credits": Decimal(0), "tasks": 0}))  # fmt: skip
+            buckets.append(_bucket(by_period, _period(stream, world, group_by)))
         for bucket in buckets:
             bucket["neo_credits"] += spent
             bucket["tasks"] += new_task
         if task.byok:
-            byok["total_llm_cost"] += llm_cost or 0
-            byok["total_neo_cost"] += neo_cost or 0
-            byok["total_streams"] += 1
+            byok_llm += llm_cost or 0
+            byok_neo += neo_cost or 0
+            byok_streams += 1
             byok_tasks.add(task.task_id)
     statuses: dict[str, int] = {}
     for status in tasks.values():
@@ -243,7 +259,12 @@ def summary(world: World, now: int, params: Params) -> dict[str, Any]:
         "total_tasks": len(tasks),
         "by_model": by_model,
         "by_status": statuses,
-        "byok": {**byok, "total_tasks": len(byok_tasks)},
+        "byok": {
+            "total_llm_cost": byok_llm,
+            "total_neo_cost": byok_neo,
+            "total_streams": byok_streams,
+            "total_tasks": len(byok_tasks),
+        },
         "total_steps": steps,
         "total_tool_calls": calls,
         "total_agent_triggers": triggers,
@@ -263,6 +284,10 @@ def summary(world: World, now: int, params: Params) -> dict[str, Any]:
     if group_by:
         out["by_period"] = [{"date": date, **values} for date, values in sorted(by_period.items())]
     return out
+
+
+def _bucket(table: dict[str, dict[str, Any]], key: str) -> dict[str, Any]:
+    return table.setdefault(key, {"neo_credits": Decimal(0), "tasks": 0})
 
 
 def _period(stream: Stream, world: World, group_by: str) -> str:

@@ -71,8 +71,9 @@ ERROR_MESSAGES = (
     "tool timeout after 3600s",
 )
 
-# Usage status -> cumulative weight out of 100 (mostly completed).
-USAGE_STATUSES = (("completed", 86), ("error", 92), ("failed", 95), ("aborted", 100))
+# Usage statuses of finished streams and how often each occurs (mostly completed).
+USAGE_STATUSES = ("completed", "error", "failed", "aborted")
+USAGE_WEIGHTS = (86, 6, 3, 5)
 
 BYOK_SHARE = 0.15
 NEO_COST_PERCENT = 15  # BYOK: the Neo platform fee as a percentage of the LLM cost

@@ -6,14 +6,14 @@ import heapq
 import math
 import random
 import threading
-from bisect import insort
+from bisect import bisect, insort
 from collections import Counter
 from datetime import datetime
 from typing import Any
 
 from exporter.simulator import views
 from exporter.simulator.clock import Clock
-from exporter.simulator.figures import Plan, Usage, draw_plan, usage_at
+from exporter.simulator.figures import Plan, Scalars, Usage, draw_plan, draw_scalars, usage_at
 from exporter.simulator.model import Stream, Task, new_uuid, to_ms
 from exporter.simulator.views import StreamTruth
 from exporter.simulator.vocabulary import (
@@ -27,6 +27,7 @@ from exporter.simulator.vocabulary import (
     MODELS,
     TITLE_TEMPLATES,
     USAGE_STATUSES,
+    USAGE_WEIGHTS,
 )
 
 DAY_MS = 86_400_000
@@ -35,6 +36,9 @@ SETTLE_SHARE = 0.10
 CONTINUE_SHARE = 0.08
 OLD_CONTINUATIONS = 4  # tasks older than a day continued in the first simulated hour
 PLAN_CACHE = 50_000
+MODEL_CUM = tuple(sum(MODEL_WEIGHTS[: i + 1]) for i in range(len(MODEL_WEIGHTS)))
+STATUS_CUM = tuple(sum(USAGE_WEIGHTS[: i + 1]) for i in range(len(USAGE_WEIGHTS)))
+EMAIL_CUM = tuple(sum(EMAIL_WEIGHTS[: i + 1]) for i in range(len(EMAIL_WEIGHTS)))
 Key = tuple[int, str, int]  # (served created_at ms, id, number): the list indexes' sort key
 
 
@@ -82,6 +86,9 @@ class World:
         self._new_streams: list[Key] = []
         self._new_tasks: list[Key] = []
         self._plans: dict[int, Plan] = {}
+        self._scalars: dict[int, Scalars] = {}
+        self.memo: dict[object, Any] = {}  # answers valid for one moment (memo_at)
+        self.memo_at = 0
         self.row_cache: dict[tuple[int, int], str] = {}  # (stream no, version) -> JSON
         self._next_arrival = origin + self._arrival_gap(origin)
         self.synced = origin
@@ -152,37 +159,43 @@ class World:
     # -- generation ---------------------------------------------------------------------
 
     def _arrive(self, at: int) -> None:
-        rng = self._rng
-        model = rng.choices(MODELS, weights=MODEL_WEIGHTS)[0]
-        email = rng.choices(EMAILS, weights=EMAIL_WEIGHTS)[0]
-        title = rng.choice(TITLE_TEMPLATES).format(host=rng.choice(HOSTS))
-        task = Task(len(self.tasks), new_uuid(rng), at, model, email, title,
-                    rng.random() < BYOK_SHARE)  # fmt: skip
+        # Hot path (150k calls for a busy account): plain random() draws instead of choices().
+        draw = self._rng.random
+        model = MODELS[bisect(MODEL_CUM, draw() * MODEL_CUM[-1])]
+        email = EMAILS[bisect(EMAIL_CUM, draw() * EMAIL_CUM[-1])]
+        template = TITLE_TEMPLATES[int(draw() * len(TITLE_TEMPLATES))]
+        title = template.format(host=HOSTS[int(draw() * len(HOSTS))])
+        task = Task(len(self.tasks), new_uuid(self._rng), at, model, email, title,
+                    draw() < BYOK_SHARE)  # fmt: skip
         self.tasks.append(task)
         self.task_by_id[task.task_id] = task
-        self._add_stream(task, at + rng.randint(1_000, 30_000))
+        self._add_stream(task, at + 1_000 + int(draw() * 29_000))
 
     def _add_stream(self, task: Task, start: int) -> Stream:
         rng = self._rng
+        draw = rng.random
         # Heavy-tailed run time: median four minutes, from seconds up to two hours.
         duration = int(min(7_200_000, max(5_000, 240_000 * math.exp(rng.gauss(0.0, 1.2)))))
         end = start + duration
         visible = end + min(300_000, 2_000 + int(rng.expovariate(1 / 40_000)))
-        roll = rng.random() * 100
-        status = next(name for name, edge in USAGE_STATUSES if roll < edge)
-        error = rng.choice(ERROR_MESSAGES) if status in ("error", "failed") else None
-        settle = visible + rng.randint(120_000, 1_200_000) if rng.random() < SETTLE_SHARE else 0
-        stream = Stream(len(self.streams), task, new_uuid(rng), rng.getrandbits(62),
-                        start, end, visible, settle, status, error)  # fmt: skip
+        status = USAGE_STATUSES[bisect(STATUS_CUM, draw() * STATUS_CUM[-1])]
+        error: str | None = ERROR_MESSAGES[int(draw() * len(ERROR_MESSAGES))]
+        if status not in ("error", "failed"):
+            error = None
+        settle = visible + 120_000 + int(draw() * 1_080_000)
+        if draw() >= SETTLE_SHARE:
+            settle = 0
+        stream = Stream(len(self.streams), task, new_uuid(rng), rng.getrandbits(62), start, end,
+                        visible, settle, status, error)  # fmt: skip
         self.streams.append(stream)
         self.stream_by_id[stream.stream_id] = stream
         task.streams.append(stream)
         self.open_tasks.add(task.no)
-        if rng.random() < CONTINUE_SHARE:
-            if rng.random() < 0.7:
+        if draw() < CONTINUE_SHARE:
+            if draw() < 0.7:
                 gap = int(600_000 * math.exp(rng.gauss(0.0, 1.0)))
             else:
-                gap = rng.randint(3_600_000, 3 * DAY_MS)
+                gap = 3_600_000 + int(draw() * (3 * DAY_MS - 3_600_000))
             task.next_continue = end + gap
             self._at(task.next_continue, CONTINUE, task.no)
         self._at(start, START, stream.no)
@@ -222,14 +235,24 @@ class World:
 
     # -- numbers ---------------------------------------------------------------------------
 
+    def scalars(self, stream: Stream) -> Scalars:
+        """A stream's totals, kept for good: small, and all the summary needs."""
+        with self._lock:
+            found = self._scalars.get(stream.no)
+            if found is None:
+                cost, settles = MODEL_STEP_COST[stream.task.model], bool(stream.settle)
+                found = draw_scalars(stream.seed, stream.start, stream.end, cost, settles)
+                self._scalars[stream.no] = found
+            return found
+
     def plan(self, stream: Stream) -> Plan:
+        """A stream's tool calls too; bounded cache, redrawn from the seed when evicted."""
         with self._lock:
             plan = self._plans.get(stream.no)
             if plan is None:
                 if len(self._plans) >= PLAN_CACHE:
                     self._plans.clear()
-                cost = MODEL_STEP_COST[stream.task.model]
-                plan = draw_plan(stream.seed, stream.start, stream.end, cost, bool(stream.settle))
+                plan = draw_plan(stream.seed, stream.start, stream.end, self.scalars(stream))
                 self._plans[stream.no] = plan
             return plan
 

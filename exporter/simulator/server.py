@@ -1,0 +1,289 @@
+"""The simulated Neo API as a real HTTP server on loopback, with auth, roles and faults."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from exporter.simulator import queries, views
+from exporter.simulator.faults import Faults
+from exporter.simulator.world import World
+
+DEMO_API_KEY = "neo_sk_demo" + "0" * 28
+DEMO_TOKEN = "sim.demo-token.0123456789abcdef"  # noqa: S105 - a public demo credential
+ROLES = ("solo", "admin", "member")
+
+STREAMS = "/api/v1/usage/streams"
+TASK_USAGES = "/api/v1/usage/tasks"
+TASK_USAGE = "/api/v1/usage/tasks/{task_id}"
+SUMMARY = "/api/v1/usage/summary"
+TASKS = "/api/v1/tasks"
+TASK = "/api/v1/tasks/{id}"
+CREDITS = "/api/v1/billing/credits"
+UNKNOWN = "unknown"
+FIXED = {STREAMS, TASK_USAGES, SUMMARY, TASKS, CREDITS}
+KINDS = {
+    400: "invalid request",
+    401: "unauthorized request",
+    403: "forbidden request",
+    404: "not found",
+    405: "method not allowed",
+    429: "rate limited",
+}
+
+Answer = tuple[int, bytes, dict[str, str]]
+
+
+class ApiProblem(Exception):
+    """An error answer: HTTP status, stable code and a human message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def route(path: str) -> tuple[str, str | None]:
+    """The endpoint template a path belongs to, and its path parameter."""
+    path = path.rstrip("/") or "/"
+    if path in FIXED:
+        return path, None
+    for prefix, template in ((TASK_USAGES + "/", TASK_USAGE), (TASKS + "/", TASK)):
+        if path.startswith(prefix) and "/" not in path[len(prefix) :]:
+            return template, unquote(path[len(prefix) :])
+    return UNKNOWN, None
+
+
+def _json(value: Any) -> bytes:
+    def default(obj: object) -> object:
+        if isinstance(obj, Decimal):
+            return float(obj)
+        raise TypeError(type(obj).__name__)
+
+    return json.dumps(value, separators=(",", ":"), default=default).encode()
+
+
+def error_body(status: int, code: str, message: str) -> bytes:
+    kind = KINDS.get(status, "internal error")
+    return _json(
+        {
+            "error": message,
+            "code": code,
+            "error_id": str(uuid.uuid4()),
+            "kind": kind,
+            "message": f"{kind}: {message}",
+        }
+    )
+
+
+class SimulatedApi:
+    """Serves a ``World`` over HTTP like the Neo API does; ``start()`` then use ``url``."""
+
+    def __init__(
+        self,
+        world: World,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str = DEMO_API_KEY,
+        token: str | None = DEMO_TOKEN,
+        role: str = "solo",
+        faults: Faults | None = None,
+    ) -> None:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}")
+        self.world = world
+        self.api_key = api_key
+        self.token = token
+        self.role = role
+        self.faults = faults if faults is not None else Faults()
+        self.requests: Counter[tuple[str, int]] = Counter()
+        self._count_lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._httpd = _Server((host, port), _Handler)
+        self._httpd.api = self
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        shown = f"[{name}]" if ":" in name else name
+        return f"http://{shown}:{port}"
+
+    def start(self) -> SimulatedApi:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                name="neo-simulator", daemon=True,
+            )  # fmt: skip
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join()
+            self._thread = None
+        with self._count_lock:
+            open_sockets = list(self._connections)
+        for sock in open_sockets:  # wake handler threads parked on idle keep-alive sockets
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._httpd.server_close()
+
+    def __enter__(self) -> SimulatedApi:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __str__(self) -> str:
+        return self.url
+
+    def count(self, template: str, status: int) -> None:
+        with self._count_lock:
+            self.requests[(template, status)] += 1
+
+    def track(self, sock: socket.socket, opened: bool) -> None:
+        with self._count_lock:
+            if opened:
+                self._connections.add(sock)
+            else:
+                self._connections.discard(sock)
+
+    # -- answering -----------------------------------------------------------------------
+
+    def answer(self, method: str, target: str, headers: Callable[[str], str | None]) -> Answer:
+        """The full answer to one request, faults included."""
+        split = urlsplit(target)
+        template, ident = route(split.path)
+        faults = self.faults
+        if faults.latency > 0:
+            time.sleep(faults.latency)
+        failure = faults.failure()
+        if failure is not None:
+            body = error_body(failure.status, failure.code, failure.error)
+            return failure.status, body, failure.headers
+        try:
+            if not self._authorized(headers):
+                raise ApiProblem(401, "unauthorized", "missing or invalid credentials")
+            if template == UNKNOWN:
+                raise ApiProblem(404, "not_exists", "no such endpoint")
+            if method != "GET":
+                raise ApiProblem(405, "method_not_allowed", f"{method} is not supported here")
+            if self.role == "member" and template.startswith("/api/v1/usage"):
+                raise ApiProblem(403, "forbidden", "team members cannot read usage data")
+            params = dict(parse_qsl(split.query, keep_blank_values=True))
+            with self.world._lock:  # one consistent moment per answer
+                payload = self._payload(template, ident, params)
+        except ApiProblem as problem:
+            extra = {"Allow": "GET"} if problem.status == 405 else {}
+            return problem.status, error_body(problem.status, problem.code, problem.message), extra
+        except queries.BadRequest as exc:
+            return 400, error_body(400, "invalid_request", str(exc)), {}
+        return 200, faults.body(payload), {}
+
+    def _authorized(self, headers: Callable[[str], str | None]) -> bool:
+        key = headers("X-Api-Key")
+        if key is not None and key == self.api_key:
+            return True
+        auth = headers("Authorization") or ""
+        scheme, _, credential = auth.partition(" ")
+        return bool(self.token) and scheme.lower() == "bearer" and credential == self.token
+
+    def _payload(self, template: str, ident: str | None, params: dict[str, str]) -> bytes:
+        world, faults = self.world, self.faults
+        now = world.sync()
+        if template == STREAMS:
+            page = queries.stream_page(world, now, params)
+            rows = [views.stream_json(world, s, now) for s in page.items]
+            return self._envelope(rows, page)
+        if template == TASK_USAGES:
+            page = queries.task_page(world, now, params)
+            rows = [_json(views.task_row(world, t, now)).decode() for t in page.items]
+            return self._envelope(rows, page)
+        if template == TASK_USAGE:
+            task = world.task_by_id.get(ident or "")
+            if task is None or not task.listed:
+                raise ApiProblem(404, "not_exists", "task not found")
+            return _json(faults.row(views.task_row(world, task, now)))
+        if template == TASK:
+            task = world.task_by_id.get(ident or "")
+            if task is None:
+                raise ApiProblem(404, "not_exists", "task not found")
+            details = views.task_details(task, now)
+            details["task"] = faults.object(details["task"])
+            return _json(faults.object(details))
+        if template == TASKS:
+            found, cursor = queries.task_list(world, now, params)
+            data = [faults.object(views.task_info(t, now)) for t in found]
+            body = {"data": data, "next_cursor": cursor, "has_more": cursor is not None}
+            return _json(faults.object(body))
+        if template == SUMMARY:
+            return _json(faults.object(queries.summary(world, now, params)))
+        return _json(faults.object(queries.credit_balance(world, now)))
+
+    def _envelope(self, rows: list[str], page: queries.Page) -> bytes:
+        if self.faults.touches_rows:
+            rows = [_json(self.faults.row(json.loads(r))).decode() for r in rows]
+        rest = _json(self.faults.object({"has_more": page.has_more, "total": page.total}))
+        return b'{"data":[' + ",".join(rows).encode() + b"]," + rest[1:]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    api: SimulatedApi
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # idle keep-alive connections are closed after this
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.api.track(self.connection, opened=True)
+
+    def finish(self) -> None:
+        self.server.api.track(self.connection, opened=False)
+        super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # requests are counted in SimulatedApi.requests, not logged
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        api = self.server.api
+        status, body, extra = api.answer(self.command, self.path, self.headers.get)
+        api.count(route(urlsplit(self.path).path)[0], status)
+        self.send_response(status)
+        is_json = body[:1] in (b"{", b"[") or status != 200
+        self.send_header("Content-Type", "application/json" if is_json else "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in extra.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = _handle
+    do_POST = _handle
+    do_PUT = _handle
+    do_PATCH = _handle
+    do_DELETE = _handle
