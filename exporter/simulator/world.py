@@ -96,6 +96,11 @@ class World:
         self._sync_to(self.start_ms)
         self._continue_old_tasks()
 
+    @property
+    def lock(self) -> threading.RLock:
+        """Held while answering one request, so that it sees one consistent moment."""
+        return self._lock
+
     # -- time -------------------------------------------------------------------------
 
     def sync(self) -> int:
