@@ -1,0 +1,174 @@
+"""The daemon as users run it: secrets never leak, scrapes stay correct while polling."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.app import Exporter
+from exporter.settings import ConfigError, Settings, load_settings
+from exporter.simulator import DEMO_API_KEY, ScaledClock, SimulatedApi, World
+
+SECRET = "neo_sk_" + "s3cr3tVALUE" * 3
+
+
+@pytest.fixture
+def api() -> Iterator[SimulatedApi]:
+    world = World(seed=4, clock=ScaledClock(datetime.now(UTC), 600), tasks_per_day=1000)
+    with SimulatedApi(world, api_key=SECRET) as served:
+        yield served
+
+
+def daemon_env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEO_EXPORTER_")}
+    env.update({f"NEO_EXPORTER_{k.upper()}": v for k, v in values.items()})
+    return env
+
+
+def test_secret_never_appears_in_anything_the_process_emits(
+    api: SimulatedApi, tmp_path: Path
+) -> None:
+    """Debug logs, a rejected key with tracebacks, metrics, landing page, check-config."""
+    key_file = tmp_path / "key"
+    key_file.write_text(SECRET + "\n")
+    env = daemon_env(
+        api_url=api.url,
+        api_key_file=str(key_file),
+        state_path=str(tmp_path / "state.db"),
+        poll_interval="1",
+        listen_address="127.0.0.1:0",
+        log_level="debug",
+        log_format="console",
+    )
+    checked = subprocess.run(
+        [sys.executable, "-m", "exporter", "check-config"],
+        env={**env, "NEO_EXPORTER_API_KEY_FILE": "", "NEO_EXPORTER_API_KEY": SECRET},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    child = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "run"], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    scraped = ""
+    try:
+        deadline = time.monotonic() + 30
+        url = None
+        while url is None and time.monotonic() < deadline:
+            time.sleep(0.3)
+            for line in Path(f"/proc/{child.pid}/net/tcp").read_text().splitlines()[1:]:
+                parts = line.split()
+                if parts[3] == "0A" and parts[1].startswith("0100007F:"):
+                    port = int(parts[1].split(":")[1], 16)
+                    if port not in _ports_of_other_listeners(api):
+                        url = f"http://127.0.0.1:{port}"
+        assert url, "the exporter did not start listening"
+        time.sleep(2.5)  # a few polls, with debug logging of every request
+        api.faults.burst(50, status=401)  # now the key is rejected: errors and tracebacks
+        time.sleep(2.5)
+        for path in ("/metrics", "/", "/healthz", "/readyz"):
+            scraped += httpx.get(url + path).text
+    finally:
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=30)
+    emitted = "\n".join((checked.stdout, checked.stderr, out, err, scraped))
+    assert "poll_finished" in emitted
+    assert "credentials" in emitted
+    assert SECRET not in emitted
+    assert SECRET[:12] not in emitted.replace(SECRET[:7], "")
+    assert child.returncode == 0
+
+
+def _ports_of_other_listeners(api: SimulatedApi) -> set[int]:
+    return {int(api.url.rsplit(":", 1)[1])}
+
+
+def test_concurrent_scrapes_while_polling_stay_correct(api: SimulatedApi, tmp_path: Path) -> None:
+    clock = ScaledClock(datetime.now(UTC), 600)
+    settings_ = Settings(api_url=api.url, state_path=tmp_path / "state.db", poll_interval=1)
+    exporter = Exporter(
+        settings_, ("api_key", SECRET), host="127.0.0.1", port=0, clock=clock.now,
+        process_metrics=False,
+    )  # fmt: skip
+    exporter.start()
+    failures: list[str] = []
+    seen: dict[int, list[float]] = {}
+    stop = threading.Event()
+
+    def scrape(worker: int) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                response = client.get(f"{exporter.url}/metrics")
+                if response.status_code != 200:
+                    failures.append(f"status {response.status_code}")
+                    continue
+                total = 0.0
+                for family in text_string_to_metric_families(response.text):
+                    if family.name == "neo_steps":
+                        total = sum(s.value for s in family.samples)
+                seen.setdefault(worker, []).append(total)
+
+    workers = [threading.Thread(target=scrape, args=(n,)) for n in range(6)]
+    try:
+        import socket
+
+        host, port = exporter.url.removeprefix("http://").rsplit(":", 1)
+        hung = [socket.create_connection((host, int(port))) for _ in range(5)]
+        for sock in hung:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never another byte
+        for worker in workers:
+            worker.start()
+        polls_before = exporter.poller.polls_done
+        time.sleep(6)
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=30)
+        assert exporter.poller.polls_done >= polls_before + 2, "polling was held up"
+        for sock in hung:
+            sock.close()
+    finally:
+        stop.set()
+        exporter.stop()
+    assert failures == []
+    for totals in seen.values():
+        assert len(totals) > 5
+        assert totals == sorted(totals), "a counter went down between scrapes"
+    assert max(max(t) for t in seen.values()) > 0
+
+
+ENV_NAMES = ["poll_interval", "lookback", "listen_address", "task_ids", "max_retries",
+             "tool_duration_buckets", "log_level", "api_url", "request_timeout"]  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from(ENV_NAMES), st.text(max_size=20), max_size=4))
+def test_any_setting_value_is_accepted_or_a_config_error(values: dict[str, str]) -> None:
+    environ = {f"NEO_EXPORTER_{k.upper()}": v for k, v in values.items()}
+    environ["NEO_EXPORTER_API_KEY"] = DEMO_API_KEY
+    import argparse
+
+    from exporter.settings import add_settings_arguments
+
+    parser = argparse.ArgumentParser()
+    add_settings_arguments(parser)
+    try:
+        loaded = load_settings(parser.parse_args([]), environ)
+    except ConfigError as exc:
+        assert DEMO_API_KEY not in str(exc)
+        assert "Traceback" not in str(exc)
+    else:
+        assert loaded.poll_interval >= 1
+        assert loaded.lookback >= loaded.poll_interval
