@@ -127,8 +127,10 @@ def test_rows_dated_by_their_task_never_double_count(tmp_path: Path) -> None:
         assert rig.ledger is not None
         got = counted(rig.ledger)
 
+        baseline = rig.baseline
+
         def listable(stream: StreamTruth) -> bool:  # dated inside the window all along
-            return stream.created_at.timestamp() >= rig.baseline
+            return stream.created_at.timestamp() >= baseline
 
         floor = truth.expected(rig.baseline, only=listable)
         ceiling = truth.expected(rig.baseline)
