@@ -127,10 +127,8 @@ def test_rows_dated_by_their_task_never_double_count(tmp_path: Path) -> None:
         assert rig.ledger is not None
         got = counted(rig.ledger)
 
-        baseline = rig.baseline
-
-        def listable(stream: StreamTruth) -> bool:  # dated inside the window all along
-            return stream.created_at.timestamp() >= baseline
+        def listable(stream: StreamTruth, baseline: float = rig.baseline) -> bool:
+            return stream.created_at.timestamp() >= baseline  # dated inside the window
 
         floor = truth.expected(rig.baseline, only=listable)
         ceiling = truth.expected(rig.baseline)
