@@ -26,6 +26,7 @@ NON_TERMINAL = frozenset(
     {"running", "active", "pending", "queued", "in_progress", "started", "created", "suspended"}
 )
 VALUE_FIELDS = tuple(RUN_COUNTERS)  # credits, steps, tool_calls, ...
+GUARDED_LABELS = ("model", "status", "tool", "agent")  # capped by LabelGuard
 FINGERPRINT_KEYS = (
     "task_id", "model", "status", "created_at", "neo_credits", "llm_cost", "neo_cost",
     "step_count", "tool_calls", "agent_triggers", "llm_time_ms", "tool_time_ms",
@@ -79,6 +80,9 @@ class RunState:
     agents: dict[str, int] = field(default_factory=dict)
     tools_seen: Ranges = field(default_factory=list)
     fingerprint: int | None = None
+    # A baselined run's values when first seen: the part live counters never counted,
+    # which a history backfill ending at the baseline adds instead.
+    uncounted: dict[str, int] | None = None
 
 
 @dataclass(slots=True)
@@ -241,6 +245,8 @@ def apply(
             state.agents[agent] = now
         elif now < before:
             deltas.decreases["agent_breakdown"] = deltas.decreases.get("agent_breakdown", 0) + 1
+    if silent:
+        state.uncounted = {name: getattr(state, name) for name in VALUE_FIELDS}
     for index, tool, duration_ms in obs.tool_calls:
         if _mark(state.tools_seen, index) and not silent:
             tool_labels = (model, guard.admit("tool", tool))

@@ -2,18 +2,20 @@
 
 The output feeds ``promtool tsdb create-blocks-from openmetrics``. Each run adds its
 values at the moment it finished (start plus execution time), and each series is
-written at every step in which it changed, plus an hourly heartbeat so that
-``increase(...[1h])`` sees it. Runs are selected by start time, exactly as the live
-exporter does: a backfill ending at the exporter's baseline and the live counters
-never count the same run twice.
+sampled every step, as a scrape would have seen it. Runs are selected by start time,
+exactly as the live exporter does, and a run the live exporter found in progress at
+its baseline adds only what it held when first seen (the ledger records it): a
+backfill ending at the baseline and the live counters never count anything twice.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 import sys
-from collections.abc import Callable, Iterable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,13 +24,12 @@ from typing import TYPE_CHECKING, Literal, TextIO
 from exporter.accounting import Observation
 from exporter.catalogue import RUN_COUNTERS, RUNS, MetricSpec
 from exporter.client import NeoClient
-from exporter.errors import ExporterError
+from exporter.errors import ExporterError, StateError
 from exporter.models import TaskUsage
 
 if TYPE_CHECKING:
     from exporter.settings import Settings
 
-HEARTBEAT = 3600.0
 FAMILIES: tuple[tuple[MetricSpec, str | None], ...] = (
     *((spec, field_name) for field_name, spec in RUN_COUNTERS.items()),
     (RUNS, None),
@@ -58,17 +59,39 @@ def _number(value: float) -> str:
     return repr(float(value)) if not float(value).is_integer() else f"{value:.1f}"
 
 
-def collect_events(rows: Iterable[TaskUsage], start: float, end: float) -> list[Event]:
-    """One event per run started in [start, end), at its finish time (capped below end)."""
+def collect_events(
+    rows: Iterable[TaskUsage],
+    start: float,
+    end: float,
+    uncounted: Mapping[str, dict[str, int]] | None = None,
+) -> list[Event]:
+    """One event per run started in [start, end), at its finish time (capped below end).
+
+    ``uncounted`` maps the live exporter's baselined runs to what they held when it
+    first saw them: only that part is backfilled, as the live counters hold the rest.
+    Such a run is backfilled even while it still runs, since that part no longer changes.
+    """
+    known = uncounted or {}
     events: dict[str, Event] = {}
     for row in rows:
         obs = Observation.from_row(row)
-        if not start <= obs.started_at < end or not obs.terminal:
+        before_live = known.get(obs.stream_id)
+        if not start <= obs.started_at < end or not (obs.terminal or before_live is not None):
             continue
         finished = obs.started_at + obs.values["exec_ms"] / 1000
         at = min(finished, end - 0.001)
-        events[obs.stream_id] = Event(at, (obs.model, obs.status), obs.values)
+        values = obs.values if before_live is None else before_live
+        events[obs.stream_id] = Event(at, (obs.model, obs.status), values)
     return sorted(events.values(), key=lambda e: e.at)
+
+
+def sample_times(start: float, end: float, step: float) -> list[float]:
+    """Every ``step`` from ``start``, and a last sample just inside the exclusive ``end``."""
+    times = [start + k * step for k in range(math.ceil((end - start) / step))]
+    last = end - 0.001
+    if not times or times[-1] < last:
+        times.append(last)
+    return times
 
 
 def write_openmetrics(
@@ -80,47 +103,41 @@ def write_openmetrics(
     step: float,
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> BackfillResult:
-    """Cumulative counters over time, one family after the other, as promtool wants."""
+    """Cumulative counters sampled every ``step``, one family after the other.
+
+    A series is written at every sample time from its first run to the end, as a
+    scrape every ``step`` would have seen it: with a step within Prometheus' lookback
+    (5m by default) an instant query at any moment of the range finds every series,
+    and the last sample lies just before ``end``, where the live counters begin.
+    """
     result = BackfillResult(runs=len(events))
+    times = sample_times(start, end, step)
     total_work = len(FAMILIES)
     for done, (spec, field_name) in enumerate(FAMILIES):
-        scale = spec.scale
-        # series -> list of (step end, cumulative value in stored units)
-        points: dict[tuple[str, str], list[tuple[float, int]]] = {}
-        running: dict[tuple[str, str], int] = {}
+        # series -> amount added at each sample time (index into times)
+        added: dict[tuple[str, str], list[int]] = {}
         for event in events:
-            amount = 1 if field_name is None else event.values[field_name]
-            if amount == 0 and event.labels in running:
+            amount = 1 if field_name is None else event.values.get(field_name, 0)
+            if amount <= 0:
                 continue
-            running[event.labels] = running.get(event.labels, 0) + amount
-            slot = min(end - 0.001, start + math.ceil((event.at - start) / step) * step)
-            series = points.setdefault(event.labels, [])
-            if series and series[-1][0] == slot:
-                series[-1] = (slot, running[event.labels])
-            else:
-                series.append((slot, running[event.labels]))
+            slot = min(bisect_left(times, event.at), len(times) - 1)
+            added.setdefault(event.labels, [0] * len(times))[slot] += amount
         base = spec.name.removesuffix("_total")
         out.write(f"# HELP {base} {spec.help}\n# TYPE {base} counter\n")
-        for labels in sorted(points):
+        for labels in sorted(added):
             model, status = (_escape(v) for v in labels)
             selector = f'{spec.name}{{model="{model}",status="{status}"}}'
             result.series.add((spec.name, labels))
-            for at, value in _with_heartbeats(points[labels], end):
-                out.write(f"{selector} {_number(value / scale)} {at:.3f}\n")
+            amounts = added[labels]
+            first = next(i for i, amount in enumerate(amounts) if amount)
+            running = 0
+            for at, amount in zip(times[first:], amounts[first:], strict=True):
+                running += amount
+                out.write(f"{selector} {_number(running / spec.scale)} {at:.3f}\n")
                 result.samples += 1
         progress(done + 1, total_work)
     out.write("# EOF\n")
     return result
-
-
-def _with_heartbeats(points: list[tuple[float, int]], end: float) -> Iterable[tuple[float, int]]:
-    for position, (at, value) in enumerate(points):
-        yield at, value
-        following = points[position + 1][0] if position + 1 < len(points) else end
-        beat = at + HEARTBEAT
-        while beat < following:
-            yield beat, value
-            beat += HEARTBEAT
 
 
 def fetch_rows(client: NeoClient, since: datetime, until: datetime) -> tuple[list[TaskUsage], int]:
@@ -154,8 +171,16 @@ def run_backfill(
     output: Path | None,
 ) -> str:
     """Fetch the range and write it; returns a one-line summary for the terminal."""
+    live = read_live_state(settings.state_path)
     if end is None:
-        end = _baseline(settings.state_path) or datetime.now(UTC)
+        end = live.baseline or datetime.now(UTC)
+    if live.baseline is not None and end > live.baseline:
+        raise ExporterError(
+            f"--to ({end.isoformat()}) is after the baseline of the ledger at "
+            f"{settings.state_path} ({live.baseline.isoformat()}): the live exporter counts "
+            "every run from its baseline on, so a backfill past it would count runs twice. "
+            "Leave --to out to end at the baseline"
+        )
     if end <= start:
         raise ExporterError(f"--to ({end.isoformat()}) must be after --from ({start.isoformat()})")
     pages = 0
@@ -178,7 +203,7 @@ def run_backfill(
         rows, invalid = fetch_rows(client, start, end)
     if sys.stderr.isatty():
         sys.stderr.write("\n")
-    events = collect_events(rows, start.timestamp(), end.timestamp())
+    events = collect_events(rows, start.timestamp(), end.timestamp(), live.uncounted)
     if output is None:
         result = write_openmetrics(
             events, sys.stdout, start=start.timestamp(), end=end.timestamp(), step=step,
@@ -193,18 +218,47 @@ def run_backfill(
     return (
         f"backfill: {result.runs} runs from {start.isoformat()} to {end.isoformat()}, "
         f"{len(result.series)} series, {result.samples} samples, {invalid} rows skipped"
+        + (
+            f"; {live.unknown} runs in progress at the baseline come from a ledger too old "
+            "to say what they held then, and are backfilled in full"
+            if live.unknown
+            else ""
+        )
     )
 
 
-def _baseline(state_path: Path) -> datetime | None:
-    """The live exporter's baseline: where its own counting began."""
+@dataclass
+class LiveState:
+    """What the live exporter's ledger says about where its counting began."""
+
+    baseline: datetime | None = None
+    uncounted: dict[str, dict[str, int]] = field(default_factory=dict)
+    unknown: int = 0  # baselined runs from a ledger too old to say what they held
+
+
+def read_live_state(state_path: Path) -> LiveState:
+    """The live exporter's baseline and its baselined runs, read without writing."""
     if not state_path.is_file():
-        return None
+        return LiveState()
     db = sqlite3.connect(f"file:{state_path}?mode=ro", uri=True)
     try:
-        row = db.execute("SELECT value FROM meta WHERE key = 'baseline'").fetchone()
-    except sqlite3.Error:
-        return None
+        found = db.execute("SELECT value FROM meta WHERE key = 'baseline'").fetchone()
+        columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+        rows = (
+            db.execute("SELECT stream_id, uncounted FROM runs WHERE baselined = 1").fetchall()
+            if "uncounted" in columns
+            else [
+                (r[0], None) for r in db.execute("SELECT stream_id FROM runs WHERE baselined = 1")
+            ]
+        )
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot read the state file {state_path}: {exc}") from None
     finally:
         db.close()
-    return datetime.fromtimestamp(float(row[0]), UTC) if row else None
+    state = LiveState(datetime.fromtimestamp(float(found[0]), UTC) if found else None)
+    for stream_id, raw in rows:
+        if raw is None:
+            state.unknown += 1
+        else:
+            state.uncounted[stream_id] = json.loads(raw)
+    return state

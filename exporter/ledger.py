@@ -18,7 +18,7 @@ from exporter.errors import StateError
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RECOVERY = (
     "the exporter will not start from zero on its own, because that would count every run "
     "in the lookback window a second time. Restore the file from a backup, or move it aside "
@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS runs (
     neo_cost INTEGER NOT NULL, steps INTEGER NOT NULL, tool_calls INTEGER NOT NULL,
     agent_triggers INTEGER NOT NULL, llm_ms INTEGER NOT NULL, tool_ms INTEGER NOT NULL,
     exec_ms INTEGER NOT NULL, agents TEXT NOT NULL, tools_seen TEXT NOT NULL,
-    fingerprint INTEGER
+    fingerprint INTEGER, uncounted TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS runs_by_task ON runs (task_id);
 CREATE TABLE IF NOT EXISTS counters (
@@ -55,8 +55,10 @@ CREATE TABLE IF NOT EXISTS tasks (
 RUN_COLUMNS = (
     "stream_id", "task_id", "started_at", "model", "status", "baselined", "finished",
     "credits", "llm_cost", "neo_cost", "steps", "tool_calls", "agent_triggers", "llm_ms",
-    "tool_ms", "exec_ms", "agents", "tools_seen", "fingerprint",
+    "tool_ms", "exec_ms", "agents", "tools_seen", "fingerprint", "uncounted",
 )  # fmt: skip
+# Version 1 lacked runs.uncounted; its baselined runs read as "first-sight values unknown".
+MIGRATIONS = {"1": "ALTER TABLE runs ADD COLUMN uncounted TEXT"}
 Labels = tuple[str, ...]
 
 
@@ -111,6 +113,7 @@ def _row(state: RunState) -> tuple[object, ...]:
         state.neo_cost, state.steps, state.tool_calls, state.agent_triggers, state.llm_ms,
         state.tool_ms, state.exec_ms, json.dumps(state.agents, sort_keys=True),
         json.dumps(state.tools_seen), state.fingerprint,
+        None if state.uncounted is None else json.dumps(state.uncounted, sort_keys=True),
     )  # fmt: skip
 
 
@@ -123,6 +126,7 @@ def _state(row: sqlite3.Row) -> RunState:
         agent_triggers=row["agent_triggers"], llm_ms=row["llm_ms"], tool_ms=row["tool_ms"],
         exec_ms=row["exec_ms"], agents=json.loads(row["agents"]),
         tools_seen=json.loads(row["tools_seen"]), fingerprint=row["fingerprint"],
+        uncounted=None if row["uncounted"] is None else json.loads(row["uncounted"]),
     )  # fmt: skip
 
 
@@ -180,6 +184,15 @@ class Ledger:
             db.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+            self.meta["schema_version"] = str(SCHEMA_VERSION)
+        elif version in MIGRATIONS:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(MIGRATIONS[version])
+            db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+            )
+            db.execute("COMMIT")
+            log.info("state_migrated", from_version=version, to_version=SCHEMA_VERSION)
             self.meta["schema_version"] = str(SCHEMA_VERSION)
         elif version != str(SCHEMA_VERSION):
             raise StateError(

@@ -14,6 +14,7 @@ from prometheus_client import (
 )
 
 from exporter import __version__
+from exporter.accounting import GUARDED_LABELS, VALUE_FIELDS
 from exporter.catalogue import SELF, MetricSpec
 
 _HELP = {spec.name: spec for spec in SELF}
@@ -68,6 +69,10 @@ class SelfMetrics:
         # Present from the start so alerts on rate() see the first increase.
         for reason in ("credentials_rejected", "forbidden", "invalid_row", "timeout"):
             self.errors.labels(reason)
+        for label in GUARDED_LABELS:
+            self.label_overflow.labels(label)
+        for name in (*VALUE_FIELDS, "agent_breakdown"):
+            self.value_decreases.labels(name)
 
     def observe_request(self, endpoint: str, code: str) -> None:
         self.api_requests.labels(endpoint, code).inc()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -122,25 +123,29 @@ def test_concurrent_scrapes_while_polling_stay_correct(api: SimulatedApi, tmp_pa
                 seen.setdefault(worker, []).append(total)
 
     workers = [threading.Thread(target=scrape, args=(n,)) for n in range(6)]
+    host, port = exporter.url.removeprefix("http://").rsplit(":", 1)
+    hung: list[socket.socket] = []
     try:
-        import socket
-
-        host, port = exporter.url.removeprefix("http://").rsplit(":", 1)
         hung = [socket.create_connection((host, int(port))) for _ in range(5)]
         for sock in hung:
             sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never another byte
         for worker in workers:
             worker.start()
         polls_before = exporter.poller.polls_done
-        time.sleep(6)
+        # Liveness, not speed: polls keep committing while scrapes hammer the server
+        # and five clients hold connections open.
+        deadline = time.monotonic() + 60
+        while exporter.poller.polls_done < polls_before + 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)  # a few more scrapes after the last poll
         stop.set()
         for worker in workers:
             worker.join(timeout=30)
         assert exporter.poller.polls_done >= polls_before + 2, "polling was held up"
-        for sock in hung:
-            sock.close()
     finally:
         stop.set()
+        for sock in hung:
+            sock.close()
         exporter.stop()
     assert failures == []
     for totals in seen.values():

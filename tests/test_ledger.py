@@ -136,3 +136,45 @@ def test_size_is_reported(ledger: Ledger) -> None:
 
 def state_path_size(ledger: Ledger) -> int:
     return ledger.path.stat().st_size if ledger.path.exists() else 0
+
+
+def test_a_version_1_ledger_is_migrated_in_place(ledger: Ledger, state_path: Path) -> None:
+    """Version 1 had no runs.uncounted: its runs and totals survive, the column is added."""
+    ledger.commit(changes_for(ledger, usage_row()))
+    totals = dict(ledger.counters)
+    ledger.close()
+    db = sqlite3.connect(state_path)
+    db.execute("ALTER TABLE runs DROP COLUMN uncounted")
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    migrated = reopen(state_path)
+    assert migrated.meta["schema_version"] == "2"
+    assert migrated.counters == totals
+    run = migrated.load_runs(["stream-1"])["stream-1"]
+    assert run.uncounted is None
+    assert run.credits == 1_250_000_000
+    migrated.close()
+    assert reopen(state_path).meta["schema_version"] == "2"
+
+
+def test_a_baselined_run_keeps_what_it_held_when_first_seen(ledger: Ledger) -> None:
+    changes = PollChanges()
+    obs = Observation.from_row(TaskUsage.model_validate(usage_row()))
+    changes.runs.append(apply(None, obs, baselined=True, guard=ledger.guard, deltas=changes.deltas))
+    ledger.commit(changes)
+    assert changes.deltas.counters == {}
+    grown = Observation.from_row(TaskUsage.model_validate(usage_row(neo_credits=2, step_count=15)))
+    changes = PollChanges()
+    old = ledger.load_runs(["stream-1"])["stream-1"]
+    changes.runs.append(
+        apply(old, grown, baselined=True, guard=ledger.guard, deltas=changes.deltas)
+    )
+    ledger.commit(changes)
+    run = ledger.load_runs(["stream-1"])["stream-1"]
+    assert run.uncounted is not None
+    assert (run.uncounted["credits"], run.uncounted["steps"]) == (1_250_000_000, 10)
+    assert (run.credits, run.steps) == (2_000_000_000, 15)
+    assert (
+        changes.deltas.counters[("neo_credits_total", ("sonnet-4.6", "completed"))] == 750_000_000
+    )

@@ -11,6 +11,7 @@ DETAILS_STATUS = {
     "error": "error",
     "failed": "error",
     "aborted": "aborted",
+    "blocked": "suspended",  # e.g. a spending cap stopped the run; it may be continued
 }
 
 

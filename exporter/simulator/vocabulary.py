@@ -72,8 +72,8 @@ ERROR_MESSAGES = (
 )
 
 # Usage statuses of finished streams and how often each occurs (mostly completed).
-USAGE_STATUSES = ("completed", "error", "failed", "aborted")
-USAGE_WEIGHTS = (86, 6, 3, 5)
+USAGE_STATUSES = ("completed", "error", "failed", "aborted", "blocked")
+USAGE_WEIGHTS = (84, 6, 3, 5, 2)
 
 BYOK_SHARE = 0.15
 NEO_COST_PERCENT = 15  # BYOK: the Neo platform fee as a percentage of the LLM cost

@@ -1,0 +1,213 @@
+"""History backfill: dense timestamped OpenMetrics, and exact when added to the live counters."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from exporter.accounting import NON_TERMINAL
+from exporter.backfill import (
+    Event,
+    collect_events,
+    read_live_state,
+    run_backfill,
+    sample_times,
+    write_openmetrics,
+)
+from exporter.catalogue import NANO
+from exporter.client import NeoClient, RetryPolicy
+from exporter.errors import ExporterError
+from exporter.ledger import Ledger
+from exporter.models import TaskUsage
+from exporter.poller import Poller
+from exporter.selfmetrics import SelfMetrics
+from exporter.settings import Settings
+from exporter.simulator import DEMO_API_KEY, ManualClock, SimulatedApi, World
+from exporter.simulator.model import to_ms
+from tests.conftest import BUCKETS, usage_row
+
+START = datetime(2026, 11, 20, 9, tzinfo=UTC)
+HOUR = 3600.0
+
+
+def samples(text: str, name: str) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """(model, status) -> [(timestamp, value)] of one family in backfill output."""
+    found: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        selector, value, stamp = line.rsplit(" ", 2)
+        labels = dict(part.split("=", 1) for part in selector[len(name) + 1 : -1].split(","))
+        key = (labels["model"].strip('"'), labels["status"].strip('"'))
+        found.setdefault(key, []).append((float(stamp), float(value)))
+    return found
+
+
+def test_sample_times_cover_the_range_and_end_just_inside_it() -> None:
+    assert sample_times(0, 1000, 300) == [0, 300, 600, 900, 999.999]
+    assert sample_times(0, 900, 300) == [0, 300, 600, 899.999]
+
+
+def test_every_series_is_sampled_at_every_step_from_its_first_run() -> None:
+    labels = ("sonnet-4.6", "completed")
+    events = [
+        Event(250.0, labels, {"credits": 2 * NANO, "steps": 3}),
+        Event(700.0, labels, {"credits": NANO // 2, "steps": 1}),
+    ]
+    out = io.StringIO()
+    result = write_openmetrics(events, out, start=0, end=1500, step=300, progress=lambda *_: None)
+    text = out.getvalue()
+    assert text.endswith("# EOF\n")
+    credits = samples(text, "neo_credits_total")[labels]
+    # The first run lands at the first sample at or after it finished (300), then every
+    # step: an instant query anywhere in the range finds the series.
+    assert credits == [(300.0, 2.0), (600.0, 2.0), (900.0, 2.5), (1200.0, 2.5), (1499.999, 2.5)]
+    assert samples(text, "neo_task_runs_total")[labels][-1] == (1499.999, 2.0)
+    assert samples(text, "neo_steps_total")[labels][-1] == (1499.999, 4.0)
+    # A family with nothing in it (no BYOK cost here) writes no series at all.
+    assert "neo_byok_llm_cost_credits_total{" not in text
+    assert result.runs == 2
+    assert result.samples == sum(len(v) for v in samples(text, "neo_credits_total").values()) * 3
+
+
+def test_collect_events_selects_finished_runs_started_in_the_range() -> None:
+    def row(stream: str, created: str, status: str = "completed") -> TaskUsage:
+        return TaskUsage.model_validate(
+            usage_row(stream_id=stream, created_at=created, status=status)
+        )
+
+    start = datetime(2026, 11, 20, 9, tzinfo=UTC).timestamp()
+    end = start + HOUR
+    rows = [
+        row("before", "2026-11-20T08:59:59Z"),
+        row("inside", "2026-11-20T09:10:00Z"),
+        row("running", "2026-11-20T09:20:00Z", status="running"),
+        row("at-end", "2026-11-20T10:00:00Z"),
+        row("baselined", "2026-11-20T09:30:00Z", status="running"),
+    ]
+    events = collect_events(rows, start, end, {"baselined": {"credits": 7}})
+    assert sorted(e.values.get("credits", 0) for e in events) == [7, int(1.25 * NANO)]
+    # A run that finished after the end is placed just inside it.
+    late = collect_events([row("x", "2026-11-20T09:59:59Z")], start, end)
+    assert late[0].at == pytest.approx(end - 0.001)
+
+
+def test_backfill_and_live_counters_add_up_to_the_ground_truth(tmp_path: Path) -> None:
+    """Runs in progress at the baseline: the backfill adds what they held when the live
+    exporter first saw them, the live counters their growth; each credit counts once."""
+    clock = ManualClock(START)
+    world = World(seed=5, clock=clock, tasks_per_day=3000, live_rows=True)
+    # Pinned tasks whose run began before the baseline and still runs: the exporter
+    # sees those runs part-way, so they hold a part it never counts live.
+    now = to_ms(START)
+    pinned = [
+        task.task_id
+        for task in world.tasks
+        if task.streams and task.streams[-1].start < now - HOUR * 1000 < now < task.streams[-1].end
+    ]
+    assert pinned
+    state = tmp_path / "state.db"
+    with SimulatedApi(world) as api:
+        client = NeoClient(
+            api.url,
+            ("api_key", DEMO_API_KEY),
+            retry=RetryPolicy(max_retries=3, backoff_base=0, backoff_max=0),
+            sleep=lambda _: None,
+        )
+        ledger = Ledger(state, buckets=BUCKETS, max_label_values=100)
+        poller = Poller(
+            client, ledger, SelfMetrics(process=False), lookback=HOUR, pinned=pinned,
+            clock=clock.now,
+        )  # fmt: skip
+        try:
+            for _ in range(12):
+                poller.poll_once()
+                clock.advance(900)
+            poller.poll_once()
+            baseline = float(ledger.meta["baseline"])
+            runs = ledger.load_runs(list(ledger.fingerprints))
+            live_credits = sum(
+                v for (n, _), v in ledger.counters.items() if n == "neo_credits_total"
+            )
+            live_runs = sum(
+                v for (n, _), v in ledger.counters.items() if n == "neo_task_runs_total"
+            )
+        except BaseException:
+            client.close()
+            raise
+        finally:
+            poller.close()
+            ledger.close()
+        grew = [r for r in runs.values() if r.uncounted and r.credits > r.uncounted["credits"] > 0]
+        assert grew, "the world must have runs that grew after the exporter first saw them"
+
+        start = baseline - 6 * HOUR
+        live = read_live_state(state)
+        assert live.baseline == datetime.fromtimestamp(baseline, UTC)
+        listing = client.list_stream_usage(
+            since=datetime.fromtimestamp(start, UTC), until=datetime.fromtimestamp(baseline, UTC)
+        )
+        client.close()
+        events = collect_events(listing.rows, start, baseline, live.uncounted)
+        out = io.StringIO()
+        write_openmetrics(events, out, start=start, end=baseline, step=300)
+        text = out.getvalue()
+
+        def final(name: str) -> Decimal:
+            return sum(
+                (Decimal(str(points[-1][1])) for points in samples(text, name).values()),
+                Decimal(0),
+            )
+
+        expected = Decimal(0)  # credits of every run started since the backfill's start
+        expected_runs = 0
+        for stream in world.visible_streams():
+            began = stream.started_at.timestamp()
+            finished = stream.status not in NON_TERMINAL
+            if began >= baseline:  # live: every credit, and the run once it finished
+                expected += stream.credits
+                expected_runs += finished
+            elif began >= start and (finished or stream.stream_id in runs):
+                expected += stream.credits  # backfill and live growth together
+                expected_runs += 1
+    assert final("neo_credits_total") + Decimal(live_credits) / NANO == expected
+    assert final("neo_task_runs_total") + live_runs == expected_runs
+
+
+@pytest.fixture
+def frozen_api() -> Iterator[SimulatedApi]:
+    world = World(seed=3, clock=ManualClock(START), tasks_per_day=500)
+    with SimulatedApi(world) as api:
+        yield api
+
+
+def test_a_backfill_past_the_baseline_is_refused(frozen_api: SimulatedApi, tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    Ledger(state, buckets=BUCKETS, max_label_values=10).close()
+    db = sqlite3.connect(state)
+    baseline = START - timedelta(hours=2)
+    db.execute("INSERT INTO meta VALUES ('baseline', ?)", (repr(baseline.timestamp()),))
+    db.commit()
+    db.close()
+    settings = Settings(api_url=frozen_api.url, state_path=state)
+    with pytest.raises(ExporterError, match="after the baseline"):
+        run_backfill(
+            settings, ("api_key", DEMO_API_KEY), start=START - timedelta(hours=6),
+            end=START, step=300, output=tmp_path / "out.om",
+        )  # fmt: skip
+    # Without --to it ends at the baseline.
+    summary = run_backfill(
+        settings, ("api_key", DEMO_API_KEY), start=START - timedelta(hours=6),
+        end=None, step=300, output=tmp_path / "out.om",
+    )  # fmt: skip
+    assert f"to {baseline.isoformat()}" in summary
+    written = (tmp_path / "out.om").read_text()
+    stamps = [float(line.rsplit(" ", 1)[1]) for line in written.splitlines() if "{" in line]
+    assert stamps
+    assert max(stamps) < baseline.timestamp()
