@@ -26,6 +26,7 @@ from exporter.settings import (
     ConfigError,
     Settings,
     add_settings_arguments,
+    describe,
     listen_host_port,
     load_settings,
     render_effective,
@@ -36,6 +37,10 @@ log = structlog.get_logger(__name__)
 
 EXIT_USAGE = 2
 EXIT_STATE = 3
+# The demo is a local toy: it listens on loopback unless told otherwise.
+DEMO_LISTEN_ADDRESS = "127.0.0.1:9877"
+# Addresses that mean "every interface": bound to, never browsed to.
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -139,6 +144,29 @@ class _Demo:
     clock: ScaledClock
 
 
+def demo_settings(settings: Settings, api_url: str) -> Settings:
+    """*settings* pointed at the simulator at *api_url*.
+
+    Loopback, a fast poll and a throwaway ledger, unless a flag, variable or config
+    file set them.
+    """
+    updates: dict[str, object] = {"api_url": api_url}
+    if "listen_address" not in settings.model_fields_set:
+        updates["listen_address"] = DEMO_LISTEN_ADDRESS
+    if "poll_interval" not in settings.model_fields_set:
+        updates["poll_interval"] = 2.0
+    if "state_path" not in settings.model_fields_set:
+        updates["state_path"] = Path(tempfile.mkdtemp(prefix="neo-exporter-demo-")) / "state.db"
+    return settings.model_copy(update=updates)
+
+
+def browser_url(url: str) -> str:
+    """*url* with a wildcard host (``0.0.0.0``, ``[::]``) replaced by loopback."""
+    scheme, _, rest = url.partition("://")
+    host, colon, port = rest.rpartition(":")
+    return f"{scheme}://{_WILDCARDS.get(host, host)}{colon}{port}"
+
+
 def _start_demo(settings: Settings, stop: threading.Event) -> _Demo:
     """Start the simulator on loopback and point the settings at it."""
     clock = ScaledClock(datetime.now(UTC), settings.sim_speed)
@@ -151,12 +179,22 @@ def _start_demo(settings: Settings, stop: threading.Event) -> _Demo:
         api.stop()
 
     threading.Thread(target=stop_with_demo, daemon=True).start()
-    updates: dict[str, object] = {"api_url": api.url}
-    if "poll_interval" not in settings.model_fields_set:
-        updates["poll_interval"] = 2.0
-    if "state_path" not in settings.model_fields_set:
-        updates["state_path"] = Path(tempfile.mkdtemp(prefix="neo-exporter-demo-")) / "state.db"
-    return _Demo(settings.model_copy(update=updates), api.url, clock)
+    return _Demo(demo_settings(settings, api.url), api.url, clock)
+
+
+def _start_error(exc: OSError, settings: Settings) -> str:
+    """One line for an OSError met while opening the ledger or binding the server.
+
+    Filesystem calls name the file they failed on; a socket bind names none.
+    """
+    why = exc.strerror or str(exc)
+    if exc.filename is not None:
+        if isinstance(exc, FileExistsError):  # only mkdir of the parent raises it here
+            why = f"{exc.filename} exists and is not a directory"
+        elif str(exc.filename) != str(settings.state_path):
+            why = f"{why}: {exc.filename}"
+        return f"{describe('state_path')}: cannot create or open {settings.state_path}: {why}"
+    return f"{describe('listen_address')}: cannot listen on {settings.listen_address}: {why}"
 
 
 def _run(args: argparse.Namespace, *, demo: bool) -> int:
@@ -183,11 +221,14 @@ def _run(args: argparse.Namespace, *, demo: bool) -> int:
     except ExporterError as exc:
         print(f"neo-exporter: {exc}", file=sys.stderr)
         return EXIT_STATE
+    except OSError as exc:
+        print(f"neo-exporter: {_start_error(exc, settings)}", file=sys.stderr)
+        return EXIT_STATE
     exporter.start()
     if simulated is not None:
         print(
             f"Simulated Neo API: {simulated.url}  (clock x{settings.sim_speed:g})\n"
-            f"Exporter:          {exporter.url}/metrics\n"
+            f"Exporter:          {browser_url(exporter.url)}/metrics\n"
             "Press Ctrl-C to stop.",
             file=sys.stderr,
             flush=True,

@@ -406,9 +406,8 @@ def _status_error(endpoint: str, response: httpx.Response) -> ApiStatusError:
     }
     cls, text = kinds.get(status, (ApiStatusError, f"HTTP {status}"))
     code = detail.code
-    log.debug(
-        "api_error_response", endpoint=endpoint, status=status, code=code, error_id=detail.error_id
-    )
+    # error_id is what Neo support needs to find the failure on their side.
+    log.warning("api_error", endpoint=endpoint, status=status, code=code, error_id=detail.error_id)
     error = cls(
         f"{endpoint}: {text}" + (f" (code {code})" if code else ""),
         endpoint=endpoint,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from bisect import bisect_left
@@ -49,7 +50,9 @@ CREATE TABLE IF NOT EXISTS label_values (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY, model TEXT NOT NULL, status TEXT NOT NULL,
-    last_activity REAL NOT NULL, active INTEGER NOT NULL
+    last_activity REAL NOT NULL, active INTEGER NOT NULL,
+    awaiting TEXT NOT NULL DEFAULT '[]', awaiting_since REAL NOT NULL DEFAULT 0,
+    follow_until REAL NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 """
 RUN_COLUMNS = (
@@ -57,8 +60,16 @@ RUN_COLUMNS = (
     "credits", "llm_cost", "neo_cost", "steps", "tool_calls", "agent_triggers", "llm_ms",
     "tool_ms", "exec_ms", "agents", "tools_seen", "fingerprint", "uncounted",
 )  # fmt: skip
-# Version 1 lacked runs.uncounted; its baselined runs read as "first-sight values unknown".
-MIGRATIONS = {"1": "ALTER TABLE runs ADD COLUMN uncounted TEXT"}
+# Version 1 lacked runs.uncounted (its baselined runs read as "first-sight values
+# unknown") and tasks.awaiting (its tasks await nothing).
+MIGRATIONS = {
+    "1": (
+        "ALTER TABLE runs ADD COLUMN uncounted TEXT",
+        "ALTER TABLE tasks ADD COLUMN awaiting TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE tasks ADD COLUMN awaiting_since REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE tasks ADD COLUMN follow_until REAL NOT NULL DEFAULT 0",
+    )
+}
 Labels = tuple[str, ...]
 
 
@@ -94,6 +105,13 @@ class TaskRecord:
     status: str
     last_activity: float  # unix time of the task's latest run start or live sighting
     active: bool  # not finished according to task details: polled until it is
+    # Runs that task details call finished but whose finished usage row the ledger
+    # has not counted yet: the task's usage is read by ID until they arrive.
+    awaiting: tuple[str, ...] = ()
+    awaiting_since: float = 0.0  # unix time the oldest of them was first awaited
+    # Runs that finished outside the listed window may still settle (grow once more):
+    # their task's usage is read by ID until this unix time.
+    follow_until: float = 0.0
 
 
 @dataclass
@@ -158,7 +176,11 @@ class Ledger:
     def _connect(self) -> sqlite3.Connection:
         if self.path.exists() and not self.path.is_file():
             raise StateError(f"state path {self.path} is not a file")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            self._create()
+        elif self.path.stat().st_size == 0:
+            # We never leave an empty file behind (see _create): someone truncated it.
+            raise StateError(f"state file {self.path} is empty: {RECOVERY}")
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.row_factory = sqlite3.Row
@@ -168,9 +190,45 @@ class Ledger:
             if problems != ["ok"]:
                 raise StateError(f"state file {self.path} is corrupt ({problems[0]}): {RECOVERY}")
             db.executescript(SCHEMA)
+        except sqlite3.OperationalError as exc:
+            if not os.access(self.path, os.R_OK | os.W_OK) or not os.access(
+                self.path.parent, os.W_OK
+            ):
+                raise StateError(
+                    f"state file {self.path} cannot be opened for writing ({exc}): give the "
+                    "exporter's user read and write access to it and to its directory"
+                ) from None
+            raise StateError(f"state file {self.path} is unreadable ({exc}): {RECOVERY}") from None
         except sqlite3.DatabaseError as exc:
             raise StateError(f"state file {self.path} is unreadable ({exc}): {RECOVERY}") from None
         return db
+
+    def _create(self) -> None:
+        """A new ledger appears whole or not at all: built aside, then renamed into place,
+        so that a crash during the very first start never leaves an empty file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # OSError names the path
+        staging = self.path.with_name(self.path.name + ".new")
+        try:
+            for leftover in (staging, Path(f"{staging}-wal"), Path(f"{staging}-shm")):
+                leftover.unlink(missing_ok=True)
+            db = sqlite3.connect(staging, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(SCHEMA)
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            finally:
+                db.close()  # checkpoints the WAL into the file and removes it
+            os.replace(staging, self.path)
+            directory = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        except sqlite3.Error as exc:
+            raise StateError(
+                f"cannot create the state file {self.path} ({exc}): give the exporter's user "
+                "write access to its directory"
+            ) from None
 
     def _load(self) -> None:
         db = self._db
@@ -187,7 +245,8 @@ class Ledger:
             self.meta["schema_version"] = str(SCHEMA_VERSION)
         elif version in MIGRATIONS:
             db.execute("BEGIN IMMEDIATE")
-            db.execute(MIGRATIONS[version])
+            for statement in MIGRATIONS[version]:
+                db.execute(statement)
             db.execute(
                 "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
@@ -209,8 +268,14 @@ class Ledger:
                 log.warning("histogram_buckets_kept", metric=name, stored=stored)
             hist = Histogram(stored, self._scales.get(name, 1), json.loads(buckets), total, count)
             self.histograms[(name, tuple(json.loads(labels)))] = hist
-        for task_id, model, status, last, active in db.execute("SELECT * FROM tasks"):
-            self.tasks[task_id] = TaskRecord(model, status, last, bool(active))
+        for task_id, model, status, last, active, awaiting, since, until in db.execute(
+            "SELECT task_id, model, status, last_activity, active, awaiting, awaiting_since, "
+            "follow_until FROM tasks"
+        ):
+            waiting = tuple(json.loads(awaiting))
+            self.tasks[task_id] = TaskRecord(
+                model, status, last, bool(active), waiting, since, until
+            )
         self.fingerprints = dict(db.execute("SELECT stream_id, fingerprint FROM runs").fetchall())
 
     def _label_values(self) -> Iterable[tuple[str, str]]:
@@ -303,9 +368,18 @@ class Ledger:
             )
             db.executemany("INSERT OR IGNORE INTO label_values VALUES (?, ?)", new_labels)
             db.executemany(
-                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (t, r.model, r.status, r.last_activity, int(r.active))
+                    (
+                        t,
+                        r.model,
+                        r.status,
+                        r.last_activity,
+                        int(r.active),
+                        json.dumps(r.awaiting),
+                        r.awaiting_since,
+                        r.follow_until,
+                    )
                     for t, r in changes.tasks.items()
                 ],
             )

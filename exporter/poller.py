@@ -7,14 +7,22 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TypeVar
 
 import structlog
 
 from exporter.account import AccountReader
-from exporter.accounting import NON_TERMINAL, Deltas, Observation, apply, row_fingerprint, to_nano
+from exporter.accounting import (
+    NON_TERMINAL,
+    Deltas,
+    Observation,
+    RunState,
+    apply,
+    row_fingerprint,
+    to_nano,
+)
 from exporter.client import Listing, NeoClient
 from exporter.errors import ApiError, ExporterError, NotFound
 from exporter.ledger import Ledger, PollChanges, TaskRecord
@@ -34,6 +42,9 @@ DETAILS_STATUS = {
     "running": "active",
 }
 LIVE_TASK_STATUSES = frozenset({"active", "pending"})
+# How long a run that finished outside the listed window is still read by ID, in case
+# its usage settles (grows once more) after the first finished row.
+SETTLE_GRACE = 3600.0
 
 
 @dataclass
@@ -152,10 +163,13 @@ class Poller:
         if "baseline" not in meta:
             changes.meta["baseline"] = repr(baseline)
         details: dict[str, TaskDetails] = {}
+        gone: set[str] = set()
         self._poll_pinned(rows, report, changes)
-        self._poll_live_tasks(rows, report, details)
+        self._poll_live_tasks(rows, report, details, gone)
         self._resolve_old_streams(rows, baseline, details, report)
-        self._fold(rows, baseline, details, changes, report, now)
+        awaited = self._fetch_awaited(rows, baseline, details, report, now, gone)
+        ended = self._fold(rows, baseline, details, changes, report, now)
+        self._settle(awaited, ended, changes, now, gone)
         if self.account is not None:
             account_meta, errors = self.account.read(now)
             changes.meta.update(account_meta)
@@ -242,9 +256,11 @@ class Poller:
         rows: dict[str, tuple[TaskUsage, int | None]],
         report: PollReport,
         details: dict[str, TaskDetails],
+        gone: set[str],
     ) -> None:
-        """Tasks still running are followed by ID until they finish, so no run is missed."""
+        """Tasks still running are followed by ID, so their runs are known when they end."""
         live = {t for t, rec in self.ledger.tasks.items() if rec.active}
+        # Running rows reveal teammates' tasks too, which the task list never shows.
         live |= {row.task_id for row, _ in rows.values() if row.status.lower() in NON_TERMINAL}
         if self._task_list_supported:
             for status in sorted(LIVE_TASK_STATUSES):
@@ -260,24 +276,102 @@ class Poller:
                     break
         fetched = self._fetch_all(self.client.get_task, sorted(live))
         report.task_requests += len(fetched)
-        finished = []
         for task_id, result in fetched.items():
             if isinstance(result, ApiError):
-                self._task_error(task_id, result, report)
-                continue
-            details[task_id] = result
-            previously = self.ledger.tasks.get(task_id)
-            if result.task.status.lower() not in LIVE_TASK_STATUSES and (
-                previously is None or previously.active
-            ):
-                finished.append(task_id)
-        # A run that outlived the window only shows up when asked for by task.
-        for task_id, listing in self._fetch_all(self._task_streams, finished).items():
+                self._task_error(task_id, result, report, gone)
+            else:
+                details[task_id] = result
+
+    def _fetch_awaited(
+        self,
+        rows: dict[str, tuple[TaskUsage, int | None]],
+        baseline: float,
+        details: dict[str, TaskDetails],
+        report: PollReport,
+        now: datetime,
+        gone: set[str],
+    ) -> dict[str, tuple[set[str], float]]:
+        """Runs that task details call finished must reach the ledger finished, however
+        late their usage row appears and however long ago they started: until they do,
+        their task's usage is read by ID. Returns task -> (awaited runs, awaited since)."""
+        awaited = {
+            task_id: (set(record.awaiting), record.awaiting_since)
+            for task_id, record in self.ledger.tasks.items()
+            if record.awaiting
+        }
+        for task_id, info in details.items():
+            ended = {
+                stream.stream_id
+                for stream in info.streams or ()
+                if (stream.completed_at is not None or stream.status.lower() not in NON_TERMINAL)
+                and stream.created_at.timestamp() >= baseline
+            }
+            if ended:
+                held, since = awaited.get(task_id, (set(), now.timestamp()))
+                awaited[task_id] = (held | ended, since)
+        wanted = {stream for ids, _ in awaited.values() for stream in ids}
+        done = {s for s, state in self.ledger.load_runs(wanted).items() if state.finished}
+        done |= {s for s in wanted & rows.keys() if rows[s][0].status.lower() not in NON_TERMINAL}
+        fetch = {t for t, (ids, _) in awaited.items() if ids - done}
+        fetch |= {t for t, r in self.ledger.tasks.items() if r.follow_until > now.timestamp()}
+        for task_id, listing in self._fetch_all(self._task_streams, sorted(fetch - gone)).items():
             report.task_requests += 1
             if isinstance(listing, ApiError):
-                self._task_error(task_id, listing, report)
+                self._task_error(task_id, listing, report, gone)
             else:
                 self._take(listing, rows, report)
+        return awaited
+
+    def _settle(
+        self,
+        awaited: dict[str, tuple[set[str], float]],
+        ended: list[RunState],
+        changes: PollChanges,
+        now: datetime,
+        gone: set[str],
+    ) -> None:
+        """Record what each task still awaits; give up on a run after a lookback.
+
+        A run that has just finished while its start is about to leave the listed
+        window keeps its task read by ID for SETTLE_GRACE, so a late change still counts.
+        """
+        stamp = now.timestamp()
+        finished = {state.stream_id for state in changes.runs if state.finished}
+        wanted = {s for ids, _ in awaited.values() for s in ids} - finished
+        finished |= {s for s, state in self.ledger.load_runs(wanted).items() if state.finished}
+        leaving = stamp - self.lookback + SETTLE_GRACE
+        settling = {
+            state.task_id
+            for state in ended
+            if state.started_at < leaving
+            and state.started_at + state.exec_ms / 1000 > stamp - SETTLE_GRACE
+        }
+        following = {t for t, r in self.ledger.tasks.items() if r.follow_until > stamp}
+        give_up = max(self.lookback, 3600.0)
+        for task_id in set(awaited) | gone | following | settling:
+            ids, since = awaited.get(task_id, (set(), 0.0))
+            left = tuple(sorted(ids - finished)) if task_id not in gone else ()
+            if left and stamp - since > give_up:
+                self.metrics.errors.labels("usage_missing").inc(len(left))
+                log.warning(
+                    "run_usage_missing", task_id=task_id, stream_ids=list(left),
+                    awaited_seconds=round(stamp - since),
+                )  # fmt: skip
+                left = ()
+            record = changes.tasks.get(task_id) or self.ledger.tasks.get(task_id)
+            if record is None:
+                continue
+            prior = self.ledger.tasks.get(task_id)
+            until = prior.follow_until if prior and prior.follow_until > stamp else 0.0
+            if task_id in settling:
+                until = stamp + SETTLE_GRACE
+            changes.tasks[task_id] = replace(
+                record,
+                active=record.active and task_id not in gone,
+                awaiting=left,
+                awaiting_since=since if left else 0.0,
+                follow_until=0.0 if task_id in gone else until,
+            )
 
     def _resolve_old_streams(
         self,
@@ -309,7 +403,9 @@ class Poller:
         changes: PollChanges,
         report: PollReport,
         now: datetime,
-    ) -> None:
+    ) -> list[RunState]:
+        """Apply every row to its run; returns the runs first seen finished in this poll."""
+        ended: list[RunState] = []
         starts = {
             stream.stream_id: stream.created_at.timestamp()
             for info in details.values()
@@ -331,6 +427,8 @@ class Poller:
                 old, obs, baselined=started < baseline, guard=self.ledger.guard, deltas=deltas
             )
             changes.runs.append(state)
+            if state.finished and (old is None or not old.finished):
+                ended.append(state)
             prior = tasks.get(row.task_id) or self.ledger.tasks.get(row.task_id)
             if prior is None or started >= prior.last_activity:
                 status = DETAILS_STATUS.get(obs.status, obs.status)
@@ -349,6 +447,7 @@ class Poller:
             tasks[task_id] = TaskRecord(model, status, last, active=status in LIVE_TASK_STATUSES)
         changes.tasks = tasks
         report.rows = len(rows)
+        return ended
 
     def _after_commit(self, deltas: Deltas) -> None:
         for name, count in deltas.decreases.items():
@@ -360,7 +459,11 @@ class Poller:
         self.metrics.ledger_runs.set(self.ledger.run_count)
         self.metrics.ledger_size.set(self.ledger.size_bytes())
 
-    def _task_error(self, task_id: str, exc: ApiError, report: PollReport) -> None:
+    def _task_error(
+        self, task_id: str, exc: ApiError, report: PollReport, gone: set[str] | None = None
+    ) -> None:
+        if isinstance(exc, NotFound) and gone is not None:
+            gone.add(task_id)  # deleted, or no longer visible: stop following it
         self.metrics.errors.labels(exc.reason).inc()
         report.warnings.append(f"{task_id}: {exc}")
         event = "task_not_found" if isinstance(exc, NotFound) else "task_fetch_failed"

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from exporter.client import STREAMS, NeoClient, RetryPolicy
 from exporter.errors import (
@@ -123,6 +124,27 @@ def test_wrong_key_is_a_clear_credentials_error(api: SimulatedApi) -> None:
     assert caught.value.error_id
     assert "neo_sk_wrong" not in str(caught.value)
     assert api.requests[("/api/v1/usage/summary", 401)] == 1  # 4xx is not retried
+
+
+def test_error_status_is_logged_as_a_warning_with_code_and_error_id(api: SimulatedApi) -> None:
+    with (
+        capture_logs() as events,
+        NeoClient(api.url, ("api_key", "neo_sk_wrong_wrong_wrong"), timeout=5) as client,
+        pytest.raises(CredentialsRejected) as caught,
+    ):
+        client.get_summary()
+    assert caught.value.error_id
+    assert [e for e in events if e["event"] == "api_error"] == [
+        {
+            "event": "api_error",
+            "log_level": "warning",
+            "endpoint": "/api/v1/usage/summary",
+            "status": 401,
+            "code": "unauthorized",
+            "error_id": caught.value.error_id,
+        }
+    ]
+    assert "neo_sk_wrong" not in repr(events)
 
 
 def test_member_role_is_a_clear_forbidden_error(world: World) -> None:

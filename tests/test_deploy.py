@@ -564,6 +564,17 @@ def test_compose_exporter_has_read_only_root_and_state_volume() -> None:
     assert exporter["ports"] == ["9877:9877"]
 
 
+def test_compose_prometheus_stores_exemplars() -> None:
+    command = compose()["services"]["prometheus"]["command"]
+    assert "--enable-feature=exemplar-storage" in command
+
+
+def test_grafana_datasource_shows_the_task_id_of_exemplars() -> None:
+    datasource = load_yaml(ROOT / "grafana/provisioning/datasources/prometheus.yml")
+    destinations = datasource["datasources"][0]["jsonData"]["exemplarTraceIdDestinations"]
+    assert destinations == [{"name": "task_id"}]
+
+
 def test_compose_real_api_override_swaps_url_and_key_file() -> None:
     override = load_yaml(COMPOSE_REAL_API)
     assert set(override["services"]) == {"exporter"}
@@ -752,6 +763,22 @@ def test_dashboard_identity_and_variables() -> None:
     assert model["includeAll"] is True
     assert model["allValue"] == ".+"
     assert model["datasource"] == DATASOURCE_REF
+
+
+EXEMPLAR_SERIES = frozenset({"neo_credits_total", "neo_tool_call_duration_seconds_bucket"})
+
+
+def test_credits_and_tool_duration_graphs_request_exemplars() -> None:
+    targets = [
+        (panel["title"], target.get("exemplar"))
+        for panel in dashboard_panels()
+        if panel["type"] == "timeseries"
+        for target in panel.get("targets", [])
+        if promql_metric_names(target["expr"]) & EXEMPLAR_SERIES
+    ]
+    titles = {title for title, _ in targets}
+    assert {"Spend by model (credits/h)", "Tool call duration p95 by tool"} <= titles
+    assert [title for title, exemplar in targets if exemplar is not True] == []
 
 
 def test_dashboard_panel_ids_are_unique() -> None:

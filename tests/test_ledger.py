@@ -32,6 +32,15 @@ def reopen(path: Path) -> Ledger:
 def test_commit_survives_reopen(ledger: Ledger, state_path: Path) -> None:
     changes = changes_for(ledger, usage_row(), usage_row(stream_id="stream-2", neo_credits=0.75))
     changes.tasks["task-1"] = TaskRecord("sonnet-4.6", "completed", 1.0, active=False)
+    changes.tasks["task-9"] = TaskRecord(
+        "gpt-5",
+        "completed",
+        2.0,
+        False,
+        awaiting=("s-a", "s-b"),
+        awaiting_since=5.0,
+        follow_until=9.0,
+    )
     changes.meta["baseline"] = "123.5"
     ledger.commit(changes)
     ledger.close()
@@ -41,6 +50,9 @@ def test_commit_survives_reopen(ledger: Ledger, state_path: Path) -> None:
     assert restored.counters[key] == 2_000_000_000
     assert restored.run_count == 2
     assert restored.tasks["task-1"].status == "completed"
+    assert restored.tasks["task-9"].awaiting == ("s-a", "s-b")
+    assert restored.tasks["task-9"].awaiting_since == 5.0
+    assert restored.tasks["task-9"].follow_until == 9.0
     assert restored.meta["baseline"] == "123.5"
     hist = restored.histograms[("neo_tool_call_duration_seconds", ("sonnet-4.6", "bash"))]
     assert (hist.count, hist.sum, hist.buckets) == (2, 1000, [0, 2, 0, 0, 0, 0, 0])
@@ -139,18 +151,25 @@ def state_path_size(ledger: Ledger) -> int:
 
 
 def test_a_version_1_ledger_is_migrated_in_place(ledger: Ledger, state_path: Path) -> None:
-    """Version 1 had no runs.uncounted: its runs and totals survive, the column is added."""
-    ledger.commit(changes_for(ledger, usage_row()))
+    """Version 1 had no runs.uncounted nor tasks.awaiting: its runs, tasks and totals
+    survive, the columns are added."""
+    changes = changes_for(ledger, usage_row())
+    changes.tasks["task-1"] = TaskRecord("sonnet-4.6", "completed", 1.0, active=False)
+    ledger.commit(changes)
     totals = dict(ledger.counters)
     ledger.close()
     db = sqlite3.connect(state_path)
     db.execute("ALTER TABLE runs DROP COLUMN uncounted")
+    db.execute("ALTER TABLE tasks DROP COLUMN awaiting")
+    db.execute("ALTER TABLE tasks DROP COLUMN awaiting_since")
+    db.execute("ALTER TABLE tasks DROP COLUMN follow_until")
     db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     db.commit()
     db.close()
     migrated = reopen(state_path)
     assert migrated.meta["schema_version"] == "2"
     assert migrated.counters == totals
+    assert migrated.tasks["task-1"] == TaskRecord("sonnet-4.6", "completed", 1.0, active=False)
     run = migrated.load_runs(["stream-1"])["stream-1"]
     assert run.uncounted is None
     assert run.credits == 1_250_000_000
@@ -178,3 +197,22 @@ def test_a_baselined_run_keeps_what_it_held_when_first_seen(ledger: Ledger) -> N
     assert (
         changes.deltas.counters[("neo_credits_total", ("sonnet-4.6", "completed"))] == 750_000_000
     )
+
+
+def test_an_empty_state_file_is_refused(tmp_path: Path) -> None:
+    """Ledgers are created whole, so an empty file was truncated: never a silent restart."""
+    state = tmp_path / "state.db"
+    state.write_bytes(b"")
+    with pytest.raises(StateError, match="is empty"):
+        reopen(state)
+    assert state.read_bytes() == b""
+
+
+def test_a_new_ledger_appears_complete(tmp_path: Path) -> None:
+    state = tmp_path / "deeper" / "state.db"
+    reopen(state).close()
+    assert not (tmp_path / "deeper" / "state.db.new").exists()
+    db = sqlite3.connect(state)
+    version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    db.close()
+    assert version == ("2",)

@@ -205,3 +205,26 @@ def test_live_rows_count_running_growth_once(tmp_path: Path) -> None:
         rig.open()
         run_polls(rig, truth, 48, 120)
         assert_exact(rig, truth)
+
+
+def test_runs_that_finish_or_settle_after_leaving_a_short_window_count(tmp_path: Path) -> None:
+    """A 15-minute window polled every 2 minutes: runs longer than the window, rows that
+    appear minutes after their run ended, and rows that settle (grow once more) after
+    their start left the window are all followed by task until they are counted."""
+    for rig in make_rig(tmp_path):
+        truth = Truth(rig.world)
+        poller = rig.open()
+        poller.lookback = 900
+        poll(rig, truth)
+        run_polls(rig, truth, 40, 120)
+        assert rig.ledger is not None
+        long_runs = [
+            s
+            for s in rig.world.visible_streams()
+            if s.finished_at is not None
+            and s.started_at.timestamp() >= rig.baseline
+            and (s.finished_at - s.started_at).total_seconds() > 900
+        ]
+        assert long_runs, "the world should have runs longer than the window"
+        assert_exact(rig, truth)
+        assert all(not r.awaiting for r in rig.ledger.tasks.values() if not r.active)

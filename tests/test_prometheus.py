@@ -8,6 +8,7 @@ an exporter fed by the simulated API with a fast clock, with every rule file loa
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import socket
@@ -66,6 +67,13 @@ class Stack:
         body = httpx.get(f"{self.prometheus}/api/v1/query", params=params, timeout=10).json()
         assert body["status"] == "success", (expr, body)
         result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def query_range(self, expr: str, start: float, end: float, step: float) -> list[Any]:
+        params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+        body = httpx.get(f"{self.prometheus}/api/v1/query_range", params=params, timeout=30).json()
+        assert body["status"] == "success", (expr, body)
+        result: list[Any] = body["data"]["result"]
         return result
 
 
@@ -225,6 +233,24 @@ def test_backfilled_history_matches_the_ground_truth(stack: Stack) -> None:
     assert len(result) == 1
     assert float(result[0]["value"][1]) == pytest.approx(float(stack.backfill_expected), rel=1e-9)
     assert stack.backfill_expected > 0
-    # The live series begin where the backfill ends: no instant has both.
-    both = stack.query('count(neo_credits_total{job=""}) and count(neo_credits_total{job!=""})')
-    assert both == []
+
+
+BACKFILLED = 'count(neo_credits_total{job=""})'
+LIVE = 'count(neo_credits_total{job!=""})'
+
+
+def test_no_instant_has_both_backfilled_and_live_series(stack: Stack) -> None:
+    """The live series begin where the backfill ends, so a sum never counts a run twice."""
+    end = stack.backfill_end.timestamp()
+    around_end = [end + offset for offset in range(-5, 6)]
+    # The backfilled side is present at the boundary, so the check there is not vacuous.
+    assert [bool(stack.query(BACKFILLED, at=at)) for at in around_end] == [True] * 11
+    assert [stack.query(f"{BACKFILLED} and {LIVE}", at=at) for at in around_end] == [[]] * 11
+    # Live samples only exist from the test's start (scrape time), a day after the
+    # boundary: every instant from the backfill's start to now must hold one side at most.
+    # The steps end exactly at now, where the live series are.
+    now, step = time.time(), 15
+    start = now - math.ceil((now - end + BACKFILL_HOURS * 3600) / step) * step
+    assert stack.query_range(BACKFILLED, start, now, step)
+    assert stack.query_range(LIVE, start, now, step)
+    assert stack.query_range(f"{BACKFILLED} and {LIVE}", start, now, step) == []

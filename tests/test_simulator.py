@@ -32,7 +32,7 @@ START = datetime(2026, 11, 20, 9, tzinfo=UTC)
 FIXTURE = Path(__file__).parent / "fixtures" / "neo-openapi-seeds.yaml"
 STREAMS = "/api/v1/usage/streams"
 TASK_USAGES = "/api/v1/usage/tasks"
-TERMINAL = {"completed", "error", "failed", "aborted"}
+TERMINAL = {"completed", "error", "failed", "aborted", "blocked"}
 
 
 # -- helpers ----------------------------------------------------------------------------------
