@@ -21,15 +21,18 @@ ACCOUNT_KEY = "account"
 TEAM_KEY = "team"
 
 
-def member_label(email: str, *, export_emails: bool) -> str:
+def member_label(email: str, *, export_emails: bool, salt: bytes) -> str:
     """The ``member`` label: the address itself only when explicitly enabled.
 
     Otherwise a stable pseudonym, so that a dashboard can still tell members apart
-    without personal data leaving the exporter.
+    without personal data leaving the exporter. The hash is keyed with a secret of
+    this installation (kept in the ledger): without it, guessing likely addresses
+    and hashing them does not reveal who a pseudonym is.
     """
+    address = email.strip().lower()
     if export_emails:
-        return email.strip().lower()[:120]
-    digest = hashlib.blake2b(email.strip().lower().encode(), digest_size=5).hexdigest()
+        return address[:120]
+    digest = hashlib.blake2b(address.encode(), digest_size=8, key=salt).hexdigest()
     return f"member-{digest}"
 
 
@@ -51,8 +54,10 @@ class AccountReader:
         lookback: float,
         team_view: bool = False,
         export_emails: bool = False,
+        salt: bytes = b"",
     ) -> None:
         self.client = client
+        self.salt = salt
         self.lookback = lookback
         self.team_view = team_view
         self.export_emails = export_emails
@@ -82,8 +87,9 @@ class AccountReader:
                 if summary.neo_credits_is_expired is None
                 else float(summary.neo_credits_is_expired),
             )
-            if self.team_view:
-                meta[TEAM_KEY] = json.dumps(self._members(summary.by_email), sort_keys=True)
+            # Off, the stored member figures (and any e-mail in them) are dropped.
+            members = self._members(summary.by_email) if self.team_view else {}
+            meta[TEAM_KEY] = json.dumps(members, sort_keys=True)
         if self._billing_supported:
             try:
                 self.requests += 1
@@ -119,7 +125,7 @@ class AccountReader:
             except ValidationError as exc:
                 log.warning("member_row_skipped", reason=describe_validation_error(exc))
                 continue
-            label = member_label(entry.email, export_emails=self.export_emails)
+            label = member_label(entry.email, export_emails=self.export_emails, salt=self.salt)
             credits, tasks = members.get(label, [0.0, 0.0])
             members[label] = [
                 credits + float(entry.neo_credits or 0),

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import secrets
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import httpx
@@ -14,8 +18,9 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from exporter.account import AccountReader
 from exporter.client import NeoClient, RetryPolicy
 from exporter.collector import UsageCollector
+from exporter.errors import StateError
 from exporter.exposition import Exposition
-from exporter.ledger import Ledger
+from exporter.ledger import Ledger, PollChanges
 from exporter.poller import Poller
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import Health, make_server
@@ -27,6 +32,7 @@ if TYPE_CHECKING:
     from exporter.settings import Settings
 
 log = structlog.get_logger(__name__)
+MEMBER_SALT_KEY = "member_salt"
 
 
 def bucket_settings(settings: Settings) -> dict[str, list[float]]:
@@ -35,6 +41,27 @@ def bucket_settings(settings: Settings) -> dict[str, list[float]]:
         "neo_task_run_credits": list(settings.run_credits_buckets),
         "neo_task_run_execution_seconds": list(settings.run_duration_buckets),
     }
+
+
+def lock_state(path: Path) -> int:
+    """Hold an exclusive lock beside the ledger for the life of the process.
+
+    Two exporters writing one ledger would each overwrite the other's totals; the
+    second one is refused. The kernel drops the lock when the process dies, kill -9
+    included, so a crash never leaves a stale lock behind.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = Path(f"{path}.lock")
+    handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(handle)
+        raise StateError(
+            f"another neo-exporter is using the state file {path} (it holds {lock}): "
+            "run one exporter per state file"
+        ) from None
+    return handle
 
 
 class Exporter:
@@ -56,54 +83,78 @@ class Exporter:
         self.settings = settings
         self.health = Health()
         self.metrics = SelfMetrics(process=process_metrics)
-        self.ledger = Ledger(
-            settings.state_path,
-            buckets=bucket_settings(settings),
-            max_label_values=settings.max_label_values,
-        )
-        self.health.state_loaded.set()
-        pinned = list(settings.task_ids)
-        usage = CollectorRegistry(auto_describe=False)
-        usage.register(
-            UsageCollector(self.ledger, lookback=settings.lookback, pinned=pinned, clock=clock)
-        )
-        self.exposition = Exposition(usage, self.metrics.registry)
-        self.exposition.refresh()  # restored totals are served before any poll
-        self.metrics.ledger_runs.set(self.ledger.run_count)
-        self.metrics.ledger_size.set(self.ledger.size_bytes())
-        self.client = NeoClient(
-            settings.api_url,
-            credential,
-            timeout=settings.request_timeout,
-            max_concurrent=settings.max_concurrent_requests,
-            retry=RetryPolicy(
-                max_retries=settings.max_retries, backoff_max=settings.retry_backoff_max
-            ),
-            transport=transport,
-            on_request=self.metrics.observe_request,
-        )
-        self.poller = Poller(
-            self.client,
-            self.ledger,
-            self.metrics,
-            lookback=settings.lookback,
-            pinned=pinned,
-            max_workers=settings.max_concurrent_requests,
-            clock=clock,
-            on_commit=self.exposition.refresh,
-            account=AccountReader(
+        self._state_lock = lock_state(settings.state_path)
+        try:
+            self.ledger = Ledger(
+                settings.state_path,
+                buckets=bucket_settings(settings),
+                max_label_values=settings.max_label_values,
+            )
+            self.health.state_loaded.set()
+            pinned = list(settings.task_ids)
+            usage = CollectorRegistry(auto_describe=False)
+            usage.register(
+                UsageCollector(
+                    self.ledger,
+                    lookback=settings.lookback,
+                    pinned=pinned,
+                    clock=clock,
+                    team_view=settings.team_view,
+                )
+            )
+            self.exposition = Exposition(usage, self.metrics.registry)
+            self.exposition.refresh()  # restored totals are served before any poll
+            self.metrics.ledger_runs.set(self.ledger.run_count)
+            self.metrics.ledger_size.set(self.ledger.size_bytes())
+            self.client = NeoClient(
+                settings.api_url,
+                credential,
+                timeout=settings.request_timeout,
+                max_concurrent=settings.max_concurrent_requests,
+                retry=RetryPolicy(
+                    max_retries=settings.max_retries, backoff_max=settings.retry_backoff_max
+                ),
+                transport=transport,
+                on_request=self.metrics.observe_request,
+            )
+            self.poller = Poller(
                 self.client,
+                self.ledger,
+                self.metrics,
                 lookback=settings.lookback,
-                team_view=settings.team_view,
-                export_emails=settings.export_emails,
-            ),
-        )
-        web = load_web_config(settings.web_config_file) if settings.web_config_file else WebConfig()
-        self.server: ThreadingHTTPServer = make_server(
-            host, port, self.exposition, self.health, web=web
-        )
+                pinned=pinned,
+                max_workers=settings.max_concurrent_requests,
+                clock=clock,
+                on_commit=self.exposition.refresh,
+                account=AccountReader(
+                    self.client,
+                    lookback=settings.lookback,
+                    team_view=settings.team_view,
+                    export_emails=settings.export_emails,
+                    salt=self._member_salt(),
+                ),
+            )
+            web = (
+                load_web_config(settings.web_config_file)
+                if settings.web_config_file
+                else WebConfig()
+            )
+            self.server: ThreadingHTTPServer = make_server(
+                host, port, self.exposition, self.health, web=web
+            )
+        except BaseException:
+            os.close(self._state_lock)  # a half-built exporter must not keep the lock
+            raise
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
+
+    def _member_salt(self) -> bytes:
+        """This installation's key for member pseudonyms, made once and kept."""
+        salt = self.ledger.meta.get(MEMBER_SALT_KEY)
+        if salt is None:
+            salt = secrets.token_hex(16)
+            self.ledger.commit(PollChanges(meta={MEMBER_SALT_KEY: salt}))
+        return bytes.fromhex(salt)
 
     @property
     def url(self) -> str:
@@ -146,4 +197,5 @@ class Exporter:
         self.poller.close()
         self.client.close()
         self.ledger.close()
+        os.close(self._state_lock)  # closing the descriptor releases the lock
         log.info("exporter_stopped")

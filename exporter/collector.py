@@ -54,8 +54,10 @@ class UsageCollector:
         lookback: float,
         pinned: list[str],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        team_view: bool = False,
     ) -> None:
         self.ledger = ledger
+        self.team_view = team_view  # off: no member series, even from an older ledger
         self.lookback = lookback
         self.pinned = pinned
         self.clock = clock
@@ -154,7 +156,7 @@ class UsageCollector:
             if key in values:
                 yield GaugeMetricFamily(spec.name, spec.help, value=values[key])
         raw = self.ledger.meta.get(TEAM_KEY)
-        if raw is None:
+        if raw is None or not self.team_view:
             return
         members: dict[str, list[float]] = json.loads(raw)
         for position, spec in enumerate(TEAM):

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Exporter
+from exporter.errors import StateError
 from exporter.settings import ConfigError, Settings, load_settings
 from exporter.simulator import DEMO_API_KEY, ScaledClock, SimulatedApi, World
 
@@ -177,3 +178,23 @@ def test_any_setting_value_is_accepted_or_a_config_error(values: dict[str, str])
     else:
         assert loaded.poll_interval >= 1
         assert loaded.lookback >= loaded.poll_interval
+
+
+def test_a_second_exporter_on_the_same_state_file_is_refused(
+    api: SimulatedApi, tmp_path: Path
+) -> None:
+    settings_ = Settings(api_url=api.url, state_path=tmp_path / "state.db")
+
+    def build() -> Exporter:
+        exporter = Exporter(
+            settings_, ("api_key", SECRET), host="127.0.0.1", port=0, process_metrics=False
+        )
+        exporter.start()
+        return exporter
+
+    first = build()
+    with pytest.raises(StateError, match="another neo-exporter is using"):
+        build()
+    first.stop()
+    second = build()  # the lock goes with the exporter that held it
+    second.stop()
