@@ -112,16 +112,22 @@ class Observation:
             started_at=row.created_at.timestamp(),
             model=row.model or "unknown",
             status=(row.status or "unknown").lower(),
+            # A null is "not reported", not zero: it neither counts nor looks like a
+            # decrease, and the value counted so far stands until a number comes back.
             values={
-                "credits": to_nano(row.neo_credits),
-                "llm_cost": to_nano(row.llm_cost),
-                "neo_cost": to_nano(row.neo_cost),
-                "steps": row.step_count,
-                "tool_calls": row.tool_calls,
-                "agent_triggers": row.agent_triggers,
-                "llm_ms": row.llm_time_ms or 0,
-                "tool_ms": row.tool_time_ms or 0,
-                "exec_ms": row.total_execution_ms or 0,
+                name: value
+                for name, value in (
+                    ("credits", None if row.neo_credits is None else to_nano(row.neo_credits)),
+                    ("llm_cost", None if row.llm_cost is None else to_nano(row.llm_cost)),
+                    ("neo_cost", None if row.neo_cost is None else to_nano(row.neo_cost)),
+                    ("steps", row.step_count),
+                    ("tool_calls", row.tool_calls),
+                    ("agent_triggers", row.agent_triggers),
+                    ("llm_ms", row.llm_time_ms),
+                    ("tool_ms", row.tool_time_ms),
+                    ("exec_ms", row.total_execution_ms),
+                )
+                if value is not None
             },
             agents=dict(row.agent_breakdown or {}),
             tool_calls=calls,
@@ -175,6 +181,7 @@ class Deltas:
     counters: dict[tuple[str, tuple[str, ...]], int] = field(default_factory=dict)
     observations: list[tuple[str, tuple[str, ...], int]] = field(default_factory=list)
     decreases: dict[str, int] = field(default_factory=dict)
+    decreased_runs: list[tuple[str, str, str]] = field(default_factory=list)  # task, run, field
     # The task behind the latest increment of a series, for OpenMetrics exemplars:
     # counters keyed by (name, labels), observations by their position above.
     counter_tasks: dict[tuple[str, tuple[str, ...]], tuple[str, int]] = field(default_factory=dict)
@@ -230,13 +237,16 @@ def apply(
         obs.stream_id, obs.task_id, obs.started_at, obs.model, obs.status, baselined=baselined
     )
     for name in VALUE_FIELDS:
-        before, now = getattr(state, name), obs.values[name]
+        before, now = getattr(state, name), obs.values.get(name)
+        if now is None:
+            continue
         if now > before:
             if not silent:
                 deltas.add(RUN_COUNTERS[name].name, labels, now - before, obs.task_id)
             setattr(state, name, now)
         elif now < before:
             deltas.decreases[name] = deltas.decreases.get(name, 0) + 1
+            deltas.decreased_runs.append((obs.task_id, obs.stream_id, name))
     for agent, now in obs.agents.items():
         before = state.agents.get(agent, 0)
         if now > before:
@@ -245,6 +255,7 @@ def apply(
             state.agents[agent] = now
         elif now < before:
             deltas.decreases["agent_breakdown"] = deltas.decreases.get("agent_breakdown", 0) + 1
+            deltas.decreased_runs.append((obs.task_id, obs.stream_id, "agent_breakdown"))
     if silent:
         state.uncounted = {name: getattr(state, name) for name in VALUE_FIELDS}
     for index, tool, duration_ms in obs.tool_calls:

@@ -78,7 +78,7 @@ def collect_events(
         before_live = known.get(obs.stream_id)
         if not start <= obs.started_at < end or not (obs.terminal or before_live is not None):
             continue
-        finished = obs.started_at + obs.values["exec_ms"] / 1000
+        finished = obs.started_at + obs.values.get("exec_ms", 0) / 1000
         at = min(finished, end - 0.001)
         values = obs.values if before_live is None else before_live
         events[obs.stream_id] = Event(at, (obs.model, obs.status), values)

@@ -259,6 +259,10 @@ class NeoClient:
                 ident = key(row)
                 if ident is None:
                     listing.invalid.append(InvalidRow(row.task_id, "row without stream_id"))
+                    log.warning(
+                        "row_skipped", endpoint=endpoint, task_id=row.task_id,
+                        reason="row without stream_id",
+                    )  # fmt: skip
                     continue
                 if ident in seen:
                     # Rows shift down while we page; keep the later (never older) copy.

@@ -452,7 +452,8 @@ class Poller:
     def _after_commit(self, deltas: Deltas) -> None:
         for name, count in deltas.decreases.items():
             self.metrics.value_decreases.labels(name).inc(count)
-            log.warning("value_decreased", field=name, runs=count)
+        for task_id, stream_id, name in deltas.decreased_runs:
+            log.warning("value_decreased", task_id=task_id, stream_id=stream_id, field=name)
         for label, count in self.ledger.guard.overflow.items():
             self.metrics.label_overflow.labels(label).inc(count)
         self.ledger.guard.overflow.clear()

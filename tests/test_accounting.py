@@ -163,3 +163,16 @@ def test_counted_total_equals_high_water_mark(snapshots: list[tuple[int, int, st
         steps += sum(v for (n, _), v in deltas.counters.items() if n == "neo_steps_total")
     assert credits == max(m for m, _, _ in snapshots) * 1000
     assert steps == max(s for _, s, _ in snapshots)
+
+
+def test_a_null_amount_is_not_reported_rather_than_zero() -> None:
+    """A row served with null amounts neither counts nor reads as a decrease; the value
+    counted so far stands, and only growth beyond it counts when a number comes back."""
+    state, _ = fold(None, observe(neo_credits=1.25, total_execution_ms=6000))
+    state, deltas = fold(state, observe(neo_credits=None, total_execution_ms=None))
+    assert deltas.counters == {}
+    assert deltas.decreases == {}
+    assert (state.credits, state.exec_ms) == (1_250_000_000, 6000)
+    state, deltas = fold(state, observe(neo_credits=2, total_execution_ms=6500))
+    assert deltas.counters[("neo_credits_total", LABELS)] == 750_000_000
+    assert deltas.counters[("neo_execution_time_seconds_total", LABELS)] == 500
