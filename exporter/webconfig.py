@@ -23,6 +23,15 @@ TLS_VERSIONS = {
 }
 
 
+# exporter-toolkit client_auth_type values Python's ssl can honour. The toolkit's
+# RequestClientCert and RequireAnyClientCert accept unverified certificates: refused.
+CLIENT_AUTH = {
+    "NoClientCert": ssl.CERT_NONE,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
+
+
 class WebConfigError(ExporterError):
     """The web config file is unreadable or says something we cannot do."""
 
@@ -77,7 +86,10 @@ def load_web_config(path: Path) -> WebConfig:
     except OSError as exc:
         raise WebConfigError(f"web config {path}: cannot read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise WebConfigError(f"web config {path}: not valid YAML ({exc})") from None
+        # Only the position: the text around it may be a password hash.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise WebConfigError(f"web config {path}: not valid YAML{where}") from None
     if not isinstance(document, dict):
         raise WebConfigError(f"web config {path}: expected a mapping at the top")
     unknown = set(document) - {"tls_server_config", "basic_auth_users", "http_server_config"}
@@ -103,12 +115,16 @@ def load_web_config(path: Path) -> WebConfig:
 def _tls_context(base: Path, tls: Any, path: Path) -> ssl.SSLContext:
     if not isinstance(tls, dict):
         raise WebConfigError(f"web config {path}: tls_server_config must be a mapping")
+    version = str(tls.get("min_version", "TLS12"))
+    if version not in TLS_VERSIONS:
+        raise WebConfigError(
+            f"web config {path}: tls_server_config.min_version {version!r} is not one of "
+            f"{', '.join(TLS_VERSIONS)}"
+        )
     cert = _resolve(base, tls.get("cert_file"), "tls_server_config.cert_file")
     key = _resolve(base, tls.get("key_file"), "tls_server_config.key_file")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = TLS_VERSIONS.get(
-        str(tls.get("min_version", "TLS12")), ssl.TLSVersion.TLSv1_2
-    )
+    context.minimum_version = TLS_VERSIONS[version]
     try:
         context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
@@ -116,10 +132,27 @@ def _tls_context(base: Path, tls: Any, path: Path) -> ssl.SSLContext:
             f"web config {path}: cannot load certificate {cert} / key {key}: {exc}"
         ) from None
     ca = tls.get("client_ca_file")
-    if ca:
-        context.load_verify_locations(_resolve(base, ca, "tls_server_config.client_ca_file"))
-        auth_type = str(tls.get("client_auth_type", "RequireAndVerifyClientCert"))
-        context.verify_mode = (
-            ssl.CERT_REQUIRED if auth_type.startswith("RequireAndVerify") else ssl.CERT_OPTIONAL
+    # Given a CA and no auth type, client certificates are required and verified.
+    auth_type = str(
+        tls.get("client_auth_type", "RequireAndVerifyClientCert" if ca else "NoClientCert")
+    )
+    if auth_type not in CLIENT_AUTH:
+        raise WebConfigError(
+            f"web config {path}: tls_server_config.client_auth_type {auth_type!r} is not "
+            f"supported; use one of {', '.join(CLIENT_AUTH)}"
         )
+    if CLIENT_AUTH[auth_type] != ssl.CERT_NONE and not ca:
+        raise WebConfigError(
+            f"web config {path}: client_auth_type {auth_type} needs "
+            "tls_server_config.client_ca_file"
+        )
+    if ca:
+        ca_path = _resolve(base, ca, "tls_server_config.client_ca_file")
+        try:
+            context.load_verify_locations(ca_path)
+        except (OSError, ssl.SSLError) as exc:
+            raise WebConfigError(
+                f"web config {path}: cannot load client_ca_file {ca_path}: {exc}"
+            ) from None
+        context.verify_mode = CLIENT_AUTH[auth_type]
     return context

@@ -153,9 +153,48 @@ def test_tls(tmp_path: Path, health: Health) -> None:
         ("nonsense: 1\n", "unknown keys"),
         ("- a list\n", "expected a mapping"),
         ("basic_auth_users: [\n", "not valid YAML"),
+        ("basic_auth_users:\n  prom: '$2b$plaintext\n", "not valid YAML at line"),
+        ("tls_server_config:\n  min_version: TLS99\n", "min_version 'TLS99' is not one of"),
     ],
 )
 def test_bad_web_config_is_named(tmp_path: Path, body: str, message: str) -> None:
     with pytest.raises(WebConfigError, match=message) as caught:
         load_web_config(write_web_config(tmp_path, body))
     assert "plaintext" not in str(caught.value)  # a password is never echoed back
+
+
+def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
+    cert, key = folder / f"{name}.pem", folder / f"{name}-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_client_certificates_are_required_with_a_client_ca(tmp_path: Path, health: Health) -> None:
+    server_cert, _ = self_signed(tmp_path, "server")
+    client_cert, client_key = self_signed(tmp_path, "client")
+    config = (
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server-key.pem\n"
+        "  client_ca_file: client.pem\n"
+    )
+    web = load_web_config(write_web_config(tmp_path, config))
+    for url in serve(health, web):
+        trusted = ssl.create_default_context(cafile=server_cert)
+        with pytest.raises((httpx.ReadError, httpx.ConnectError, httpx.RemoteProtocolError)):
+            httpx.get(f"{url}/healthz", verify=trusted)  # no client certificate
+        trusted.load_cert_chain(client_cert, client_key)
+        assert httpx.get(f"{url}/healthz", verify=trusted).status_code == 200
+
+
+def test_unverifiable_client_auth_types_are_refused(tmp_path: Path) -> None:
+    self_signed(tmp_path, "server")
+    config = (
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server-key.pem\n"
+        "  client_ca_file: server.pem\n  client_auth_type: RequireAnyClientCert\n"
+    )
+    with pytest.raises(WebConfigError, match="'RequireAnyClientCert' is not supported"):
+        load_web_config(write_web_config(tmp_path, config))
