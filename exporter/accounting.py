@@ -18,7 +18,7 @@ from exporter.catalogue import (
     RUNS,
     TOOL_DURATION,
 )
-from exporter.models import TaskUsage
+from exporter.models import TaskUsage, ToolCall
 
 # Usage statuses are documented as terminal; anything that sounds like work in
 # progress is not, and every other (unknown) value is treated as final.
@@ -96,16 +96,15 @@ class Observation:
     status: str
     values: dict[str, int]
     agents: dict[str, int]
-    tool_calls: list[tuple[int, str, int]]  # (index, tool name, duration ms)
+    history: list[ToolCall]  # the row's tool_call_history, as validated
     fingerprint: int | None = None
+    # Every call's index equals its position (the usual case): new calls are a tail.
+    in_order: bool = True
 
     @classmethod
     def from_row(cls, row: TaskUsage, fingerprint: int | None = None) -> Observation:
         history = row.tool_call_history or []
-        calls = [
-            (call.index if call.index is not None else position, call.tool_name, call.duration_ms)
-            for position, call in enumerate(history)
-        ]
+        in_order = [call.get("index") for call in history] == list(range(len(history)))
         return cls(
             stream_id=row.stream_id or f"task:{row.task_id}",
             task_id=row.task_id,
@@ -130,8 +129,9 @@ class Observation:
                 if value is not None
             },
             agents=dict(row.agent_breakdown or {}),
-            tool_calls=calls,
+            history=history,
             fingerprint=fingerprint,
+            in_order=in_order,
         )
 
     @property
@@ -179,13 +179,15 @@ class Deltas:
     """Everything one poll adds: counter increments and histogram observations."""
 
     counters: dict[tuple[str, tuple[str, ...]], int] = field(default_factory=dict)
-    observations: list[tuple[str, tuple[str, ...], int]] = field(default_factory=list)
+    # Observations per histogram series, in batches that share the task behind them
+    # (the task is the exemplar of the bucket an observation lands in).
+    batches: dict[tuple[str, tuple[str, ...]], list[tuple[str, list[int]]]] = field(
+        default_factory=dict
+    )
     decreases: dict[str, int] = field(default_factory=dict)
     decreased_runs: list[tuple[str, str, str]] = field(default_factory=list)  # task, run, field
-    # The task behind the latest increment of a series, for OpenMetrics exemplars:
-    # counters keyed by (name, labels), observations by their position above.
+    # The task behind the latest increment of a counter series, for OpenMetrics exemplars.
     counter_tasks: dict[tuple[str, tuple[str, ...]], tuple[str, int]] = field(default_factory=dict)
-    observation_tasks: list[str] = field(default_factory=list)
 
     def add(self, name: str, labels: tuple[str, ...], amount: int, task_id: str = "") -> None:
         key = (name, labels)
@@ -194,8 +196,44 @@ class Deltas:
             self.counter_tasks[key] = (task_id, amount)
 
     def observe(self, name: str, labels: tuple[str, ...], value: int, task_id: str = "") -> None:
-        self.observations.append((name, labels, value))
-        self.observation_tasks.append(task_id)
+        self.observe_many(name, labels, [value], task_id)
+
+    def observe_many(
+        self, name: str, labels: tuple[str, ...], values: list[int], task_id: str = ""
+    ) -> None:
+        if values:
+            self.batches.setdefault((name, labels), []).append((task_id, values))
+
+    @property
+    def observations(self) -> list[tuple[str, tuple[str, ...], int]]:
+        """Every observation as (name, labels, value), for reading, not the hot path."""
+        return [
+            (name, labels, value)
+            for (name, labels), batches in self.batches.items()
+            for _, values in batches
+            for value in values
+        ]
+
+
+def _new_calls(ranges: Ranges, obs: Observation) -> list[ToolCall]:
+    """The calls of ``obs`` not yet counted; marks them counted in ``ranges``.
+
+    The usual history is indexed 0..n-1 and only grows at the end: then the new calls
+    are the tail past what was counted, found without looking at each call.
+    """
+    history = obs.history
+    if obs.in_order and (not ranges or (len(ranges) == 1 and ranges[0][0] == 0)):
+        counted = ranges[0][1] if ranges else 0
+        if len(history) <= counted:
+            return []
+        ranges[:] = [[0, len(history)]]
+        return history[counted:]
+    fresh = []
+    for position, call in enumerate(history):
+        index = call.get("index")
+        if _mark(ranges, position if index is None else index):
+            fresh.append(call)
+    return fresh
 
 
 def _mark(ranges: Ranges, index: int) -> bool:
@@ -258,10 +296,16 @@ def apply(
             deltas.decreased_runs.append((obs.task_id, obs.stream_id, "agent_breakdown"))
     if silent:
         state.uncounted = {name: getattr(state, name) for name in VALUE_FIELDS}
-    for index, tool, duration_ms in obs.tool_calls:
-        if _mark(state.tools_seen, index) and not silent:
+    fresh = _new_calls(state.tools_seen, obs)
+    if fresh and not silent:
+        by_tool: dict[str, list[int]] = {}
+        for call in fresh:
+            by_tool.setdefault(call.get("tool_name") or "unknown", []).append(
+                call.get("duration_ms", 0)
+            )
+        for tool, durations in by_tool.items():
             tool_labels = (model, guard.admit("tool", tool))
-            deltas.observe(TOOL_DURATION.name, tool_labels, duration_ms, obs.task_id)
+            deltas.observe_many(TOOL_DURATION.name, tool_labels, durations, obs.task_id)
     if obs.terminal and not state.finished:
         state.finished = True
         if not state.baselined:

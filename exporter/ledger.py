@@ -87,14 +87,6 @@ class Histogram:
     def __post_init__(self) -> None:
         self.limits = [bound * self.scale for bound in self.bounds]
 
-    def observe(self, value: int) -> int:
-        """Count ``value``; returns the index of its bucket."""
-        index = bisect_left(self.limits, value)
-        self.buckets[index] += 1
-        self.sum += value
-        self.count += 1
-        return index
-
     def copy(self) -> Histogram:
         return Histogram(self.bounds, self.scale, list(self.buckets), self.sum, self.count)
 
@@ -329,14 +321,20 @@ class Ledger:
         specs = {spec.name: spec for spec in HISTOGRAMS}
         exemplars: dict[tuple[str, Labels, int], tuple[str, int, float]] = {}
         stamp = time.time()
-        tasks = changes.deltas.observation_tasks
-        for position, (name, labels, value) in enumerate(changes.deltas.observations):
-            key = (name, labels)
-            if key not in histograms:
-                histograms[key] = self.histogram_for(specs[name], labels)
-            bucket = histograms[key].observe(value)
-            if position < len(tasks) and tasks[position]:
-                exemplars[(name, labels, bucket)] = (tasks[position], value, stamp)
+        for (name, labels), batches in changes.deltas.batches.items():
+            hist = histograms[(name, labels)] = self.histogram_for(specs[name], labels)
+            limits, buckets = hist.limits, hist.buckets
+            latest: dict[int, tuple[str, int]] = {}  # bucket -> its newest observation
+            for task_id, values in batches:
+                for value in values:
+                    index = bisect_left(limits, value)
+                    buckets[index] += 1
+                    latest[index] = (task_id, value)
+                hist.sum += sum(values)
+                hist.count += len(values)
+            for index, (task_id, value) in latest.items():
+                if task_id:
+                    exemplars[(name, labels, index)] = (task_id, value, stamp)
         for (name, labels), (task_id, amount) in changes.deltas.counter_tasks.items():
             exemplars[(name, labels, -1)] = (task_id, amount, stamp)
         new_labels = list(self.guard.new)

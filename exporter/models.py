@@ -7,6 +7,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from typing_extensions import TypedDict
 
 
 def _to_decimal(value: Any) -> Any:
@@ -46,18 +47,17 @@ class _Tolerant(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-class ToolCall(_Tolerant):
-    """One entry of ``tool_call_history``."""
+class ToolCall(TypedDict, total=False):
+    """One entry of ``tool_call_history``.
 
-    index: int | None = None
-    timestamp: int | None = None
-    tool_name: str = "unknown"
-    duration_ms: Count = 0
+    A TypedDict, not a model: a window holds tens of thousands of runs with dozens of
+    calls each, and validating plain dicts costs a tenth of building model instances.
+    Unknown keys are ignored; ``timestamp`` is not read.
+    """
 
-
-class ToolBreakdownEntry(_Tolerant):
-    calls: OptionalCount = None
-    total_duration_ms: OptionalCount = None
+    index: int | None
+    tool_name: str | None
+    duration_ms: Annotated[int, Field(ge=0)]
 
 
 class TaskUsage(_Tolerant):
@@ -81,7 +81,6 @@ class TaskUsage(_Tolerant):
     total_execution_ms: OptionalCount = None
     avg_step_latency_ms: OptionalCount = None
     agent_breakdown: dict[str, Count] | None = None
-    tool_breakdown: dict[str, ToolBreakdownEntry] | None = None
     tool_call_history: list[ToolCall] | None = None
     email: str | None = None
     task_title: str | None = None
