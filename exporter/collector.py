@@ -33,6 +33,8 @@ TASK_STATUSES = frozenset(
     {"active", "pending", "completed", "error", "aborted", "suspended", "failed", "blocked"}
 )
 
+IN_FLIGHT = ("active", "pending", "suspended")
+
 
 class UsageCollector:
     """Yields the usage families from the ledger, for example::
@@ -126,6 +128,11 @@ class UsageCollector:
                     status = guard.known("status", status)
                 key = (guard.known("model", record.model), status)
                 counts[key] = counts.get(key, 0) + 1
+        # The in-flight statuses are there for every model, at 0 when no task has them:
+        # a panel or alert then reads 0, not "no data", between bursts.
+        for model in {model for model, _ in counts}:
+            for status in IN_FLIGHT:
+                counts.setdefault((model, status), 0)
         family = GaugeMetricFamily(TASKS.name, TASKS.help, labels=TASKS.labels)
         for labels, count in sorted(counts.items()):
             family.add_metric(labels, count)

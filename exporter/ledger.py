@@ -91,7 +91,7 @@ class Histogram:
         return Histogram(self.bounds, self.scale, list(self.buckets), self.sum, self.count)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskRecord:
     model: str
     status: str
@@ -260,13 +260,21 @@ class Ledger:
                 log.warning("histogram_buckets_kept", metric=name, stored=stored)
             hist = Histogram(stored, self._scales.get(name, 1), json.loads(buckets), total, count)
             self.histograms[(name, tuple(json.loads(labels)))] = hist
+        # One shared copy of each model and status string: a ledger holds many tasks.
+        shared: dict[str, str] = {}
         for task_id, model, status, last, active, awaiting, since, until in db.execute(
             "SELECT task_id, model, status, last_activity, active, awaiting, awaiting_since, "
             "follow_until FROM tasks"
         ):
-            waiting = tuple(json.loads(awaiting))
+            waiting = () if awaiting == "[]" else tuple(json.loads(awaiting))
             self.tasks[task_id] = TaskRecord(
-                model, status, last, bool(active), waiting, since, until
+                shared.setdefault(model, model),
+                shared.setdefault(status, status),
+                last,
+                bool(active),
+                waiting,
+                since,
+                until,
             )
         self.fingerprints = dict(db.execute("SELECT stream_id, fingerprint FROM runs").fetchall())
 

@@ -45,6 +45,7 @@ LIVE_TASK_STATUSES = frozenset({"active", "pending"})
 # How long a run that finished outside the listed window is still read by ID, in case
 # its usage settles (grows once more) after the first finished row.
 SETTLE_GRACE = 3600.0
+ACCOUNT_INTERVAL = 300.0  # seconds between reads of the account balance
 
 
 @dataclass
@@ -87,6 +88,7 @@ class Poller:
         self.account = account
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="neo-fetch")
         self._task_list_supported = True
+        self._account_due = 0.0  # unix time (of the poller's clock) of the next balance read
         self.polls_done = 0
 
     def close(self) -> None:
@@ -170,9 +172,14 @@ class Poller:
         awaited = self._fetch_awaited(rows, baseline, details, report, now, gone)
         ended = self._fold(rows, baseline, details, changes, report, now)
         self._settle(awaited, ended, changes, now, gone)
-        if self.account is not None:
+        if self.account is not None and now.timestamp() >= self._account_due:
+            # The balance moves slowly and its alerts look at hours: read it every
+            # ACCOUNT_INTERVAL, not on every poll, to keep requests per poll to the usage.
+            self._account_due = now.timestamp() + ACCOUNT_INTERVAL
             account_meta, errors = self.account.read(now)
             changes.meta.update(account_meta)
+            if errors:
+                self._account_due = 0.0  # try again on the next poll
             for exc in errors:
                 self.metrics.errors.labels(exc.reason).inc()
                 log.warning("account_read_failed", reason=exc.reason, error=str(exc))

@@ -87,6 +87,11 @@ def test_text_values_equal_the_ledger(ledger: Ledger) -> None:
     # task-old fell out of the window; task-2 is old but still active
     assert got[("neo_tasks", (("model", "gpt-5"), ("status", "active")))] == 1
     assert ("neo_tasks", (("model", "gpt-5"), ("status", "completed"))) not in got
+    # In-flight statuses read 0, not "no data", for every model with tracked tasks.
+    for model in ("gpt-5", "sonnet-4.6"):
+        for status in ("pending", "suspended"):
+            assert got[("neo_tasks", (("model", model), ("status", status)))] == 0
+    assert got[("neo_tasks", (("model", "sonnet-4.6"), ("status", "active")))] == 0
     assert got[("neo_tracked_tasks", ())] == 2
     assert got[("neo_exporter_last_poll_success", ())] == 0
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from exporter.account import AccountReader
 from exporter.client import NeoClient, RetryPolicy
 from exporter.ledger import Ledger
-from exporter.poller import Poller
+from exporter.poller import ACCOUNT_INTERVAL, Poller
 from exporter.selfmetrics import SelfMetrics
 from exporter.simulator import DEMO_API_KEY, ManualClock, SimulatedApi, StreamTruth, World
 from tests.conftest import BUCKETS
@@ -228,3 +229,19 @@ def test_runs_that_finish_or_settle_after_leaving_a_short_window_count(tmp_path:
         assert long_runs, "the world should have runs longer than the window"
         assert_exact(rig, truth)
         assert all(not r.awaiting for r in rig.ledger.tasks.values() if not r.active)
+
+
+def test_the_balance_is_read_at_most_every_account_interval(rig: Rig) -> None:
+    """An idle poll asks for the usage pages and live tasks only; the balance is re-read
+    once ACCOUNT_INTERVAL has passed."""
+    poller = rig.open()
+    assert rig.ledger is not None
+    poller.account = AccountReader(poller.client, lookback=DAY)
+    poller.poll_once()
+    poller.poll_once()
+    summary = [n for (path, _), n in rig.api.requests.items() if path == "/api/v1/usage/summary"]
+    assert summary == [1]
+    rig.clock.advance(ACCOUNT_INTERVAL)
+    poller.poll_once()
+    summary = [n for (path, _), n in rig.api.requests.items() if path == "/api/v1/usage/summary"]
+    assert summary == [2]
