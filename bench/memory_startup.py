@@ -128,6 +128,10 @@ def _rss_child(state: Path) -> None:
     quiet_logs()
     settings = Settings(api_url="http://127.0.0.1:9", state_path=state, lookback=DAY)
     exporter = Exporter(settings, ("api_key", DEMO_API_KEY), host="127.0.0.1", port=0)
+    # What the poller thread loads before its first poll (tasks, run fingerprints),
+    # and the render that follows: the daemon's steady memory, not just its first scrape.
+    exporter.ledger.load_index()
+    exporter.exposition.refresh()
     for openmetrics in (False, True):
         for compress in (False, True):
             exporter.exposition.render(openmetrics=openmetrics, compress=compress)

@@ -89,6 +89,7 @@ class Exporter:
                 settings.state_path,
                 buckets=bucket_settings(settings),
                 max_label_values=settings.max_label_values,
+                defer_index=True,  # loaded by the poller thread, after serving starts
             )
             self.health.state_loaded.set()
             pinned = list(settings.task_ids)
@@ -104,7 +105,6 @@ class Exporter:
             )
             self.exposition = Exposition(usage, self.metrics.registry)
             self.exposition.refresh()  # restored totals are served before any poll
-            self.metrics.ledger_runs.set(self.ledger.run_count)
             self.metrics.ledger_size.set(self.ledger.size_bytes())
             self.client = NeoClient(
                 settings.api_url,
@@ -182,6 +182,9 @@ class Exporter:
         )
 
     def _poll_loop(self) -> None:
+        self.ledger.load_index()
+        self.exposition.refresh()  # now with the task gauges
+        self.metrics.ledger_runs.set(self.ledger.run_count)
         self.poller.run(
             self.stop_event, self.settings.poll_interval, after_each=self.health.first_poll.set
         )

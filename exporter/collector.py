@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
@@ -119,15 +120,18 @@ class UsageCollector:
     def _tasks(self) -> Iterator[Metric]:
         horizon = self.clock().timestamp() - self.lookback
         pinned = set(self.pinned)
+        raw = Counter(
+            (record.model, record.status)
+            for task_id, record in self.ledger.tasks.items()
+            if record.active or record.last_activity >= horizon or task_id in pinned
+        )
+        # Label values go through the guard once per distinct pair, not once per task.
         counts: dict[tuple[str, str], int] = {}
         guard = self.ledger.guard
-        for task_id, record in self.ledger.tasks.items():
-            if record.active or record.last_activity >= horizon or task_id in pinned:
-                status = record.status
-                if status not in TASK_STATUSES:
-                    status = guard.known("status", status)
-                key = (guard.known("model", record.model), status)
-                counts[key] = counts.get(key, 0) + 1
+        for (model, status), count in raw.items():
+            shown = status if status in TASK_STATUSES else guard.known("status", status)
+            key = (guard.known("model", model), shown)
+            counts[key] = counts.get(key, 0) + count
         # The in-flight statuses are there for every model, at 0 when no task has them:
         # a panel or alert then reads 0, not "no data", between bursts.
         for model in {model for model, _ in counts}:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import struct
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_format
+from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics_format
 
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -59,6 +60,16 @@ class _Rendered:
     openmetrics_gz: _Deflated
 
 
+@dataclass(frozen=True)
+class _Collected:
+    """Metric families collected once, offered to both writers as a registry would."""
+
+    families: list[Metric]
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
 class Exposition:
     """Usage bytes rendered after each committed poll; self-metrics rendered per scrape.
 
@@ -73,8 +84,10 @@ class Exposition:
         self._rendered: _Rendered | None = None
 
     def refresh(self) -> None:
-        text = text_format.generate_latest(self._usage)
-        om = _openmetrics_latest(self._usage).removesuffix(EOF_LINE)
+        # Collect once, render twice: both formats come from the same families.
+        families = _Collected(list(self._usage.collect()))
+        text = text_format.generate_latest(families)
+        om = _openmetrics_latest(families).removesuffix(EOF_LINE)  # type: ignore[arg-type]
         rendered = _Rendered(text, _Deflated.of(text), om, _Deflated.of(om))
         with self._lock:
             self._rendered = rendered

@@ -10,6 +10,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import structlog
 
@@ -91,8 +92,9 @@ class Histogram:
         return Histogram(self.bounds, self.scale, list(self.buckets), self.sum, self.count)
 
 
-@dataclass(frozen=True, slots=True)
-class TaskRecord:
+class TaskRecord(NamedTuple):
+    """What the ledger knows of a task (a tuple: a ledger holds many, built fast)."""
+
     model: str
     status: str
     last_activity: float  # unix time of the task's latest run start or live sighting
@@ -148,9 +150,16 @@ class Ledger:
     """
 
     def __init__(
-        self, path: Path, *, buckets: Mapping[str, Sequence[float]], max_label_values: int
+        self,
+        path: Path,
+        *,
+        buckets: Mapping[str, Sequence[float]],
+        max_label_values: int,
+        defer_index: bool = False,
     ) -> None:
         self.path = path
+        self._defer_index = defer_index
+        self.index_loaded = False
         self._buckets = {spec.name: tuple(buckets[spec.name]) for spec in HISTOGRAMS}
         self._scales = {spec.name: spec.scale for spec in HISTOGRAMS}
         self.counters: dict[tuple[str, Labels], int] = {}
@@ -260,6 +269,18 @@ class Ledger:
                 log.warning("histogram_buckets_kept", metric=name, stored=stored)
             hist = Histogram(stored, self._scales.get(name, 1), json.loads(buckets), total, count)
             self.histograms[(name, tuple(json.loads(labels)))] = hist
+        if not self._defer_index:
+            self.load_index()
+
+    def load_index(self) -> None:
+        """Tasks and per-run fingerprints: what polling needs, not what serving needs.
+
+        The daemon defers this to its poller thread, so that the restored totals are
+        served before it is read; everything else loads it at once.
+        """
+        if self.index_loaded:
+            return
+        db = self._db
         # One shared copy of each model and status string: a ledger holds many tasks.
         shared: dict[str, str] = {}
         for task_id, model, status, last, active, awaiting, since, until in db.execute(
@@ -277,6 +298,7 @@ class Ledger:
                 until,
             )
         self.fingerprints = dict(db.execute("SELECT stream_id, fingerprint FROM runs").fetchall())
+        self.index_loaded = True
 
     def _label_values(self) -> Iterable[tuple[str, str]]:
         return [(r[0], r[1]) for r in self._db.execute("SELECT label, value FROM label_values")]

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -147,6 +147,7 @@ class Poller:
     # -- one poll ---------------------------------------------------------------
 
     def poll_once(self) -> PollReport:
+        self.ledger.load_index()  # a no-op once loaded
         now = self.clock()
         meta = self.ledger.meta
         baseline = float(meta.get("baseline", now.timestamp() - self.lookback))
@@ -372,8 +373,7 @@ class Poller:
             until = prior.follow_until if prior and prior.follow_until > stamp else 0.0
             if task_id in settling:
                 until = stamp + SETTLE_GRACE
-            changes.tasks[task_id] = replace(
-                record,
+            changes.tasks[task_id] = record._replace(
                 active=record.active and task_id not in gone,
                 awaiting=left,
                 awaiting_since=since if left else 0.0,
