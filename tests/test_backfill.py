@@ -211,3 +211,23 @@ def test_a_backfill_past_the_baseline_is_refused(frozen_api: SimulatedApi, tmp_p
     stamps = [float(line.rsplit(" ", 1)[1]) for line in written.splitlines() if "{" in line]
     assert stamps
     assert max(stamps) < baseline.timestamp()
+
+
+def test_a_progress_bar_is_drawn_on_a_terminal_only() -> None:
+    import os
+    import pty
+
+    from exporter.backfill import terminal_progress
+
+    master, replica = pty.openpty()
+    with os.fdopen(replica, "w") as terminal:
+        show = terminal_progress(terminal)
+        show(1, 4)
+        show(4, 4)
+    drawn = os.read(master, 4096).decode()
+    os.close(master)
+    assert "[#######.......................] 1/4 families" in drawn
+    assert "[##############################] 4/4 families" in drawn
+    quiet = io.StringIO()
+    terminal_progress(quiet)(1, 4)
+    assert quiet.getvalue() == ""
