@@ -35,6 +35,12 @@ BENCHMARKS: list[tuple[str, str, list[str], list[str]]] = [
         ["--sizes", "1000,10000"],
         ["--sizes", "1000,5000", "--polls", "1"],
     ),
+    (
+        "poll_scaling",
+        "6b. the same with FULL_LIST_INTERVAL=1h (whole window hourly, recent starts between)",
+        ["--sizes", "1000,10000", "--full-list-interval", "3600", "--polls", "10"],
+        ["--sizes", "1000,5000", "--full-list-interval", "3600", "--polls", "5"],
+    ),
 ]
 
 
@@ -54,7 +60,13 @@ def main() -> None:
     for name, title, default, quick in BENCHMARKS:
         if chosen and name not in chosen:
             continue
-        extra = [] if args.full else quick if args.quick else default
+        extra = (
+            [a for a in default if not a.startswith("--sizes") and "," not in a]
+            if args.full
+            else quick
+            if args.quick
+            else default
+        )
         print(f"\n== {title}  ({name}.py {' '.join(extra)})".rstrip(), flush=True)
         began = time.perf_counter()
         done = subprocess.run([sys.executable, str(HERE / f"{name}.py"), *extra], check=False)

@@ -140,13 +140,19 @@ class BenchExporter:
     """The real ``exporter.app.Exporter`` on a temporary ledger, polled by hand."""
 
     def __init__(
-        self, sim: SimulatorProcess, *, lookback: float = DAY, recorded: Recorded | None = None
+        self,
+        sim: SimulatorProcess,
+        *,
+        lookback: float = DAY,
+        recorded: Recorded | None = None,
+        full_list_interval: float = 0.0,
     ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="neo-bench-")
         settings = Settings(
             api_url=sim.url,
             state_path=Path(self._tmp.name) / "state.db",
             lookback=lookback,
+            full_list_interval=full_list_interval,
         )
         transport = RecordingTransport(recorded) if recorded is not None else None
         self.exporter = Exporter(

@@ -122,6 +122,7 @@ class Exporter:
                 self.ledger,
                 self.metrics,
                 lookback=settings.lookback,
+                full_list_interval=settings.full_list_interval,
                 pinned=pinned,
                 max_workers=settings.max_concurrent_requests,
                 clock=clock,

@@ -59,6 +59,7 @@ class PollReport:
     invalid_rows: int = 0
     pages: int = 0
     task_requests: int = 0
+    full_listing: bool = True  # the whole lookback window was listed
     warnings: list[str] = field(default_factory=list)
 
 
@@ -72,6 +73,7 @@ class Poller:
         metrics: SelfMetrics,
         *,
         lookback: float,
+        full_list_interval: float = 0.0,
         pinned: Sequence[str] = (),
         max_workers: int = 4,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -82,6 +84,7 @@ class Poller:
         self.ledger = ledger
         self.metrics = metrics
         self.lookback = lookback
+        self.full_list_interval = full_list_interval
         self.pinned = list(dict.fromkeys(pinned))
         self.clock = clock
         self.on_commit = on_commit
@@ -139,6 +142,7 @@ class Poller:
             runs_updated=report.runs_updated,
             rows_invalid=report.invalid_rows,
             pages=report.pages,
+            full_listing=report.full_listing,
             task_requests=report.task_requests,
             duration_seconds=round(time.monotonic() - started, 3),
         )
@@ -155,14 +159,24 @@ class Poller:
         if "listed_at" in meta:  # after an outage, reach back to cover it
             since = min(since, float(meta["listed_at"]) - self.lookback)
         since = max(since, baseline)
-        report = PollReport()
+        # With FULL_LIST_INTERVAL, most polls list only recent starts: a change to an
+        # older run is then counted at the next full listing (or at once, for a task
+        # followed by ID), later but still exactly once.
+        full = (
+            not self.full_list_interval
+            or now.timestamp() - float(meta.get("listed_at", 0)) >= self.full_list_interval
+        )
+        if not full:
+            since = max(since, now.timestamp() - self.full_list_interval)
+        report = PollReport(full_listing=full)
         known = self.ledger.fingerprints
         listing = self.client.list_stream_usage(
             since=datetime.fromtimestamp(since, UTC), fingerprint=row_fingerprint, known=known
         )
         rows: dict[str, tuple[TaskUsage, int | None]] = {}
         self._take(listing, rows, report)
-        changes = PollChanges(meta={"listed_at": repr(now.timestamp())})
+        # listed_at is the last listing of the whole window: an outage reaches back from it.
+        changes = PollChanges(meta={"listed_at": repr(now.timestamp())} if full else {})
         if "baseline" not in meta:
             changes.meta["baseline"] = repr(baseline)
         details: dict[str, TaskDetails] = {}

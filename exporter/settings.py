@@ -38,7 +38,9 @@ from exporter.errors import ExporterError
 ENV_PREFIX = "NEO_EXPORTER_"
 CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
 SECRETS = frozenset({"api_key", "api_token"})
-DURATIONS = frozenset({"poll_interval", "lookback", "request_timeout", "retry_backoff_max"})
+DURATIONS = frozenset(
+    {"poll_interval", "lookback", "request_timeout", "retry_backoff_max", "full_list_interval"}
+)
 BUCKETS = frozenset({"tool_duration_buckets", "run_credits_buckets", "run_duration_buckets"})
 _TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,256}")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
@@ -79,6 +81,13 @@ class Settings(BaseSettings):
     poll_interval: float = Field(60.0, ge=1, description="time between polls of the API")
     lookback: float = Field(
         _DAY, ge=1, le=90 * _DAY, description="how far back tasks are fetched and served"
+    )
+    full_list_interval: float = Field(
+        0.0,
+        ge=0,
+        le=90 * _DAY,
+        description="0: list the whole lookback window on every poll; else list it this "
+        "often, and in between only runs started within this much time",
     )
     request_timeout: float = Field(30.0, gt=0, le=600, description="timeout of one API request")
     task_ids: CommaList = Field([], description="task IDs always polled, comma-separated")

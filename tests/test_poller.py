@@ -245,3 +245,29 @@ def test_the_balance_is_read_at_most_every_account_interval(rig: Rig) -> None:
     poller.poll_once()
     summary = [n for (path, _), n in rig.api.requests.items() if path == "/api/v1/usage/summary"]
     assert summary == [2]
+
+
+def test_partial_listings_count_every_run_once_by_the_next_full_one(tmp_path: Path) -> None:
+    """FULL_LIST_INTERVAL: polls in between list only recent starts, with fewer pages; a
+    change to an older run waits for the next full listing, and then totals are exact."""
+    for rig in make_rig(tmp_path):
+        truth = Truth(rig.world)
+        poller = rig.open()
+        poller.full_list_interval = 3600
+        first = poller.poll_once()
+        truth.after_poll(rig.ledger)  # type: ignore[arg-type]
+        assert first.full_listing
+        kinds = []
+        for _ in range(36):
+            rig.clock.advance(600)
+            report = poller.poll_once()
+            truth.after_poll(rig.ledger)  # type: ignore[arg-type]
+            kinds.append((report.full_listing, report.pages))
+        full_pages = [pages for full, pages in kinds if full]
+        partial_pages = [pages for full, pages in kinds if not full]
+        assert len(full_pages) == 6
+        assert max(partial_pages) < min(full_pages)
+        rig.clock.advance(3600)  # the next poll lists the whole window again
+        assert poller.poll_once().full_listing
+        truth.after_poll(rig.ledger)  # type: ignore[arg-type]
+        assert_exact(rig, truth)
