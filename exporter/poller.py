@@ -230,6 +230,22 @@ class Poller:
                 results[task_id] = exc
         return results
 
+    def _fetch_details(
+        self,
+        task_ids: set[str],
+        details: dict[str, TaskDetails],
+        report: PollReport,
+        gone: set[str] | None = None,
+    ) -> None:
+        """Task details of ``task_ids`` into ``details``; failures are logged and counted."""
+        fetched = self._fetch_all(self.client.get_task, sorted(task_ids))
+        report.task_requests += len(fetched)
+        for task_id, result in fetched.items():
+            if isinstance(result, ApiError):
+                self._task_error(task_id, result, report, gone)
+            else:
+                details[task_id] = result
+
     def _task_streams(self, task_id: str) -> Listing:
         return self.client.list_stream_usage(
             task_id=task_id, fingerprint=row_fingerprint, known=self.ledger.fingerprints
@@ -296,13 +312,7 @@ class Poller:
                         "task_list_failed", status=status, reason=exc.reason, error=str(exc)
                     )
                     break
-        fetched = self._fetch_all(self.client.get_task, sorted(live))
-        report.task_requests += len(fetched)
-        for task_id, result in fetched.items():
-            if isinstance(result, ApiError):
-                self._task_error(task_id, result, report, gone)
-            else:
-                details[task_id] = result
+        self._fetch_details(live, details, report, gone)
 
     def _fetch_awaited(
         self,
@@ -408,13 +418,7 @@ class Poller:
             for key, (row, _) in rows.items()
             if key not in self.ledger.fingerprints and row.created_at.timestamp() < baseline
         } - set(details)
-        fetched = self._fetch_all(self.client.get_task, sorted(doubtful))
-        report.task_requests += len(fetched)
-        for task_id, result in fetched.items():
-            if isinstance(result, ApiError):
-                self._task_error(task_id, result, report)
-            else:
-                details[task_id] = result
+        self._fetch_details(doubtful, details, report)
 
     def _fold(
         self,
