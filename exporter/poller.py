@@ -184,9 +184,9 @@ class Poller:
         self._poll_pinned(rows, report, changes)
         self._poll_live_tasks(rows, report, details, gone)
         self._resolve_old_streams(rows, baseline, details, report)
-        awaited = self._fetch_awaited(rows, baseline, details, report, now, gone)
+        awaited, done = self._fetch_awaited(rows, baseline, details, report, now, gone)
         ended = self._fold(rows, baseline, details, changes, report, now)
-        self._settle(awaited, ended, changes, now, gone)
+        self._settle(awaited, done, ended, changes, now, gone)
         if self.account is not None and now.timestamp() >= self._account_due:
             # The balance moves slowly and its alerts look at hours: read it every
             # ACCOUNT_INTERVAL, not on every poll, to keep requests per poll to the usage.
@@ -322,10 +322,11 @@ class Poller:
         report: PollReport,
         now: datetime,
         gone: set[str],
-    ) -> dict[str, tuple[set[str], float]]:
+    ) -> tuple[dict[str, tuple[set[str], float]], set[str]]:
         """Runs that task details call finished must reach the ledger finished, however
         late their usage row appears and however long ago they started: until they do,
-        their task's usage is read by ID. Returns task -> (awaited runs, awaited since)."""
+        their task's usage is read by ID. Returns task -> (awaited runs, awaited since),
+        and the awaited runs already finished (in the ledger, or by a row of this poll)."""
         awaited = {
             task_id: (set(record.awaiting), record.awaiting_since)
             for task_id, record in self.ledger.tasks.items()
@@ -352,11 +353,12 @@ class Poller:
                 self._task_error(task_id, listing, report, gone)
             else:
                 self._take(listing, rows, report)
-        return awaited
+        return awaited, done
 
     def _settle(
         self,
         awaited: dict[str, tuple[set[str], float]],
+        done: set[str],
         ended: list[RunState],
         changes: PollChanges,
         now: datetime,
@@ -368,9 +370,8 @@ class Poller:
         window keeps its task read by ID for SETTLE_GRACE, so a late change still counts.
         """
         stamp = now.timestamp()
-        finished = {state.stream_id for state in changes.runs if state.finished}
-        wanted = {s for ids, _ in awaited.values() for s in ids} - finished
-        finished |= {s for s, state in self.ledger.load_runs(wanted).items() if state.finished}
+        # A finished run stays finished: what was done before the fold still is.
+        finished = done | {state.stream_id for state in changes.runs if state.finished}
         leaving = stamp - self.lookback + SETTLE_GRACE
         settling = {
             state.task_id
