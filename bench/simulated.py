@@ -145,14 +145,14 @@ class BenchExporter:
         *,
         lookback: float = DAY,
         recorded: Recorded | None = None,
-        full_list_interval: float = 0.0,
+        full_list_interval: float | None = None,  # None: the setting's default
     ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="neo-bench-")
         settings = Settings(
             api_url=sim.url,
             state_path=Path(self._tmp.name) / "state.db",
             lookback=lookback,
-            full_list_interval=full_list_interval,
+            **({} if full_list_interval is None else {"full_list_interval": full_list_interval}),
         )
         transport = RecordingTransport(recorded) if recorded is not None else None
         self.exporter = Exporter(

@@ -7,7 +7,6 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
 
 from exporter.catalogue import (
     AGENT_BREAKDOWN,
@@ -27,11 +26,6 @@ NON_TERMINAL = frozenset(
 )
 VALUE_FIELDS = tuple(RUN_COUNTERS)  # credits, steps, tool_calls, ...
 GUARDED_LABELS = ("model", "status", "tool", "agent")  # capped by LabelGuard
-FINGERPRINT_KEYS = (
-    "task_id", "model", "status", "created_at", "neo_credits", "llm_cost", "neo_cost",
-    "step_count", "tool_calls", "agent_triggers", "llm_time_ms", "tool_time_ms",
-    "total_execution_ms",
-)  # fmt: skip
 
 EXEMPLAR_COUNTERS = frozenset({RUN_COUNTERS["credits"].name})
 Ranges = list[list[int]]  # sorted, disjoint half-open [start, end) ranges of counted indices
@@ -44,16 +38,22 @@ def to_nano(amount: Decimal | None) -> int:
     return int((amount * NANO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 
 
-def row_fingerprint(raw: Any) -> int | None:
-    """A stable 63-bit digest of what a usage row says, to skip unchanged rows unparsed."""
-    if not isinstance(raw, dict):
-        return None
-    parts = [repr(raw.get(key)) for key in FINGERPRINT_KEYS]
-    history = raw.get("tool_call_history")
-    parts.append(str(len(history)) if isinstance(history, list) else "-")
-    agents = raw.get("agent_breakdown")
-    parts.append(repr(sorted(agents.items())) if isinstance(agents, dict) else "-")
-    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
+def row_fingerprint(row: TaskUsage) -> int:
+    """A stable 63-bit digest of what a usage row says that the ledger counts, so that
+    an unchanged row is recognised without folding it again (titles and the like do
+    not count). Stable across processes: it is stored with the run."""
+    history = row.tool_call_history
+    agents = row.agent_breakdown
+    text = repr(
+        (
+            row.task_id, row.model, row.status, row.created_at.isoformat(),
+            row.neo_credits, row.llm_cost, row.neo_cost, row.step_count, row.tool_calls,
+            row.agent_triggers, row.llm_time_ms, row.tool_time_ms, row.total_execution_ms,
+            -1 if history is None else len(history),
+            None if agents is None else sorted(agents.items()),
+        )
+    )  # fmt: skip
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
 
 
@@ -153,6 +153,9 @@ class LabelGuard:
             self._admitted.setdefault(label, set()).add(value)
 
     def admit(self, label: str, value: str) -> str:
+        known = self._admitted.get(label)
+        if known is not None and value in known:  # the usual case, checked first
+            return value
         value = value[:120] or "unknown"
         known = self._admitted.setdefault(label, set())
         if value in known:
@@ -300,9 +303,12 @@ def apply(
     if fresh and not silent:
         by_tool: dict[str, list[int]] = {}
         for call in fresh:
-            by_tool.setdefault(call.get("tool_name") or "unknown", []).append(
-                call.get("duration_ms", 0)
-            )
+            tool = call.get("tool_name") or "unknown"
+            durations = by_tool.get(tool)
+            if durations is None:
+                by_tool[tool] = [call.get("duration_ms", 0)]
+            else:
+                durations.append(call.get("duration_ms", 0))
         for tool, durations in by_tool.items():
             tool_labels = (model, guard.admit("tool", tool))
             deltas.observe_many(TOOL_DURATION.name, tool_labels, durations, obs.task_id)

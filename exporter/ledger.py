@@ -165,6 +165,9 @@ class Ledger:
         self.counters: dict[tuple[str, Labels], int] = {}
         self.histograms: dict[tuple[str, Labels], Histogram] = {}
         self.tasks: dict[str, TaskRecord] = {}
+        # Tasks that are live, awaited or followed: what a poll reads by ID. Kept beside
+        # ``tasks`` so that a poll never walks every task the ledger ever saw.
+        self.flagged: set[str] = set()
         # Latest (task_id, value in stored units, unix time) per counter series or
         # histogram bucket; kept in memory only, as exemplars are samples, not totals.
         self.exemplars: dict[tuple[str, Labels, int], tuple[str, int, float]] = {}
@@ -297,6 +300,8 @@ class Ledger:
                 since,
                 until,
             )
+            if active or waiting or until:
+                self.flagged.add(task_id)
         self.fingerprints = dict(db.execute("SELECT stream_id, fingerprint FROM runs").fetchall())
         self.index_loaded = True
 
@@ -424,6 +429,11 @@ class Ledger:
         self.histograms.update(histograms)
         self.exemplars.update(exemplars)
         self.tasks.update(changes.tasks)
+        for task_id, record in changes.tasks.items():
+            if record.active or record.awaiting or record.follow_until:
+                self.flagged.add(task_id)
+            else:
+                self.flagged.discard(task_id)
         self.meta.update(changes.meta)
         for state in changes.runs:
             self.fingerprints[state.stream_id] = state.fingerprint

@@ -26,7 +26,7 @@ from exporter.accounting import (
 from exporter.client import Listing, NeoClient
 from exporter.errors import ApiError, ExporterError, NotFound
 from exporter.ledger import Ledger, PollChanges, TaskRecord
-from exporter.models import TaskDetails, TaskUsage
+from exporter.models import TaskDetails, TaskInfo, TaskUsage
 from exporter.selfmetrics import SelfMetrics
 
 log = structlog.get_logger(__name__)
@@ -45,6 +45,12 @@ LIVE_TASK_STATUSES = frozenset({"active", "pending"})
 # How long a run that finished outside the listed window is still read by ID, in case
 # its usage settles (grows once more) after the first finished row.
 SETTLE_GRACE = 3600.0
+# Between full listings of the lookback window, a poll lists only runs started within
+# RECENT_WINDOW before it (or before the poll before it): the runs that can still grow.
+# A run that ends later than its start plus RECENT_WINDOW - SETTLE_GRACE is read by ID
+# for SETTLE_GRACE instead; anything else changes count at the next full listing.
+RECENT_WINDOW = 2 * SETTLE_GRACE
+FULL_LIST_INTERVAL = 3600.0  # default seconds between full listings of the window
 ACCOUNT_INTERVAL = 300.0  # seconds between reads of the account balance
 
 
@@ -73,7 +79,7 @@ class Poller:
         metrics: SelfMetrics,
         *,
         lookback: float,
-        full_list_interval: float = 0.0,
+        full_list_interval: float = FULL_LIST_INTERVAL,
         pinned: Sequence[str] = (),
         max_workers: int = 4,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -93,6 +99,16 @@ class Poller:
         self._task_list_supported = True
         self._account_due = 0.0  # unix time (of the poller's clock) of the next balance read
         self.polls_done = 0
+
+    @property
+    def incremental(self) -> bool:
+        """Whether polls between full listings list only recent starts."""
+        return bool(self.full_list_interval) and self.lookback > RECENT_WINDOW
+
+    @property
+    def listed_span(self) -> float:
+        """How far back from its start every poll's listing reaches, at the least."""
+        return RECENT_WINDOW if self.incremental else self.lookback
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -159,15 +175,17 @@ class Poller:
         if "listed_at" in meta:  # after an outage, reach back to cover it
             since = min(since, float(meta["listed_at"]) - self.lookback)
         since = max(since, baseline)
-        # With FULL_LIST_INTERVAL, most polls list only recent starts: a change to an
-        # older run is then counted at the next full listing (or at once, for a task
-        # followed by ID), later but still exactly once.
+        # Most polls list only recent starts, so that a poll costs what changed, not the
+        # window: every FULL_LIST_INTERVAL the whole window is listed, and a change to an
+        # older run that no task read by ID showed is counted then, later but once.
+        stamp = now.timestamp()
         full = (
-            not self.full_list_interval
-            or now.timestamp() - float(meta.get("listed_at", 0)) >= self.full_list_interval
+            not self.incremental
+            or stamp - float(meta.get("listed_at", 0)) >= self.full_list_interval
         )
         if not full:
-            since = max(since, now.timestamp() - self.full_list_interval)
+            last = min(stamp, float(meta.get("recent_at", stamp)))
+            since = max(since, last - RECENT_WINDOW)
         report = PollReport(full_listing=full)
         known = self.ledger.fingerprints
         listing = self.client.list_stream_usage(
@@ -176,16 +194,18 @@ class Poller:
         rows: dict[str, tuple[TaskUsage, int | None]] = {}
         self._take(listing, rows, report)
         # listed_at is the last listing of the whole window: an outage reaches back from it.
-        changes = PollChanges(meta={"listed_at": repr(now.timestamp())} if full else {})
+        changes = PollChanges(meta={"recent_at": repr(stamp)})
+        if full:
+            changes.meta["listed_at"] = repr(stamp)
         if "baseline" not in meta:
             changes.meta["baseline"] = repr(baseline)
         details: dict[str, TaskDetails] = {}
         gone: set[str] = set()
         self._poll_pinned(rows, report, changes)
-        self._poll_live_tasks(rows, report, details, gone)
+        listed = self._poll_live_tasks(rows, report, details, gone)
         self._resolve_old_streams(rows, baseline, details, report)
         awaited, done = self._fetch_awaited(rows, baseline, details, report, now, gone)
-        ended = self._fold(rows, baseline, details, changes, report, now)
+        ended = self._fold(rows, baseline, details, listed, changes, report, now)
         self._settle(awaited, done, ended, changes, now, gone)
         if self.account is not None and now.timestamp() >= self._account_due:
             # The balance moves slowly and its alerts look at hours: read it every
@@ -295,15 +315,25 @@ class Poller:
         report: PollReport,
         details: dict[str, TaskDetails],
         gone: set[str],
-    ) -> None:
-        """Tasks still running are followed by ID, so their runs are known when they end."""
-        live = {t for t, rec in self.ledger.tasks.items() if rec.active}
+    ) -> dict[str, TaskInfo]:
+        """Tasks still running are followed, so that their runs are known when they end.
+
+        The caller's own live tasks come from the task list, two requests whatever their
+        number. A task that was live and is no longer listed has just ended: its details
+        name its runs, which are then awaited until counted. Tasks the list cannot show
+        (teammates', revealed by running rows) are read by ID on every poll. Returns the
+        listed tasks.
+        """
+        tasks = self.ledger.tasks
+        live = {t for t in self.ledger.flagged if tasks[t].active}
         # Running rows reveal teammates' tasks too, which the task list never shows.
         live |= {row.task_id for row, _ in rows.values() if row.status.lower() in NON_TERMINAL}
-        if self._task_list_supported:
+        listed: dict[str, TaskInfo] = {}
+        complete = self._task_list_supported
+        if complete:
             for status in sorted(LIVE_TASK_STATUSES):
                 try:
-                    live |= {info.id for info in self.client.list_tasks(status=status)}
+                    found = self.client.list_tasks(status=status)
                     report.task_requests += 1
                 except ApiError as exc:
                     if getattr(exc, "status", 0) in (400, 403, 404, 405):
@@ -311,8 +341,14 @@ class Poller:
                     log.warning(
                         "task_list_failed", status=status, reason=exc.reason, error=str(exc)
                     )
+                    complete = False
                     break
-        self._fetch_details(live, details, report, gone)
+                listed.update((info.id, info) for info in found)
+        if not complete:  # without both lists, every live task is read by ID
+            live |= set(listed)
+            listed = {}
+        self._fetch_details(live - listed.keys(), details, report, gone)
+        return {t: info for t, info in listed.items() if t not in details}
 
     def _fetch_awaited(
         self,
@@ -327,9 +363,11 @@ class Poller:
         late their usage row appears and however long ago they started: until they do,
         their task's usage is read by ID. Returns task -> (awaited runs, awaited since),
         and the awaited runs already finished (in the ledger, or by a row of this poll)."""
+        tasks = self.ledger.tasks
+        flagged = [(task_id, tasks[task_id]) for task_id in self.ledger.flagged]
         awaited = {
             task_id: (set(record.awaiting), record.awaiting_since)
-            for task_id, record in self.ledger.tasks.items()
+            for task_id, record in flagged
             if record.awaiting
         }
         for task_id, info in details.items():
@@ -346,7 +384,7 @@ class Poller:
         done = {s for s, state in self.ledger.load_runs(wanted).items() if state.finished}
         done |= {s for s in wanted & rows.keys() if rows[s][0].status.lower() not in NON_TERMINAL}
         fetch = {t for t, (ids, _) in awaited.items() if ids - done}
-        fetch |= {t for t, r in self.ledger.tasks.items() if r.follow_until > now.timestamp()}
+        fetch |= {t for t, r in flagged if r.follow_until > now.timestamp()}
         for task_id, listing in self._fetch_all(self._task_streams, sorted(fetch - gone)).items():
             report.task_requests += 1
             if isinstance(listing, ApiError):
@@ -366,20 +404,22 @@ class Poller:
     ) -> None:
         """Record what each task still awaits; give up on a run after a lookback.
 
-        A run that has just finished while its start is about to leave the listed
-        window keeps its task read by ID for SETTLE_GRACE, so a late change still counts.
+        A run that has just finished while its start is about to leave what every poll
+        lists keeps its task read by ID for SETTLE_GRACE, so a late change still counts.
         """
         stamp = now.timestamp()
         # A finished run stays finished: what was done before the fold still is.
         finished = done | {state.stream_id for state in changes.runs if state.finished}
-        leaving = stamp - self.lookback + SETTLE_GRACE
-        settling = {
-            state.task_id
-            for state in ended
-            if state.started_at < leaving
-            and state.started_at + state.exec_ms / 1000 > stamp - SETTLE_GRACE
-        }
-        following = {t for t, r in self.ledger.tasks.items() if r.follow_until > stamp}
+        span = self.listed_span
+        settling = set()
+        for state in ended:
+            # When the run ended, as far as its execution time tells; a settle may come
+            # up to SETTLE_GRACE after that, and listings cover it until start + span.
+            end = min(stamp, state.started_at + state.exec_ms / 1000)
+            if end > stamp - SETTLE_GRACE and state.started_at + span < end + SETTLE_GRACE:
+                settling.add(state.task_id)
+        # Tasks whose following has lapsed are rewritten too, which unflags them.
+        following = {t for t in self.ledger.flagged if self.ledger.tasks[t].follow_until}
         give_up = max(self.lookback, 3600.0)
         for task_id in set(awaited) | gone | following | settling:
             ids, since = awaited.get(task_id, (set(), 0.0))
@@ -426,6 +466,7 @@ class Poller:
         rows: dict[str, tuple[TaskUsage, int | None]],
         baseline: float,
         details: dict[str, TaskDetails],
+        listed: dict[str, TaskInfo],
         changes: PollChanges,
         report: PollReport,
         now: datetime,
@@ -461,10 +502,11 @@ class Poller:
                 tasks[row.task_id] = TaskRecord(
                     obs.model, status, started, active=status in LIVE_TASK_STATUSES
                 )
-        for task_id, info in details.items():
+        infos = [*listed.items(), *((t, d.task) for t, d in details.items())]
+        for task_id, task in infos:
             prior = tasks.get(task_id) or self.ledger.tasks.get(task_id)
-            status = info.task.status.lower()
-            model = info.task.model or (prior.model if prior else "unknown")
+            status = task.status.lower()
+            model = task.model or (prior.model if prior else "unknown")
             last = (
                 now.timestamp()
                 if status in LIVE_TASK_STATUSES

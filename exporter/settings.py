@@ -83,11 +83,11 @@ class Settings(BaseSettings):
         _DAY, ge=1, le=90 * _DAY, description="how far back tasks are fetched and served"
     )
     full_list_interval: float = Field(
-        0.0,
+        3600.0,  # exporter.poller.FULL_LIST_INTERVAL (not imported: settings load first)
         ge=0,
         le=90 * _DAY,
-        description="0: list the whole lookback window on every poll; else list it this "
-        "often, and in between only runs started within this much time",
+        description="how often the whole lookback window is listed; polls in between list "
+        "runs started in the last 2h (0: the whole window on every poll)",
     )
     request_timeout: float = Field(30.0, gt=0, le=600, description="timeout of one API request")
     task_ids: CommaList = Field([], description="task IDs always polled, comma-separated")

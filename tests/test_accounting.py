@@ -125,12 +125,24 @@ def test_to_nano_is_exact() -> None:
 
 
 def test_fingerprint_changes_with_counted_fields_only() -> None:
-    row = usage_row()
-    assert row_fingerprint(row) == row_fingerprint(dict(row))
-    assert row_fingerprint(row) != row_fingerprint(usage_row(step_count=11))
-    assert row_fingerprint(row) != row_fingerprint(usage_row(status="error"))
-    assert row_fingerprint(row) == row_fingerprint(usage_row(task_title="renamed"))
-    assert row_fingerprint("not a row") is None
+    def fp(**overrides: Any) -> int:
+        return row_fingerprint(TaskUsage.model_validate(usage_row(**overrides)))
+
+    same = fp()
+    assert same == fp() == fp(task_title="renamed", email="a@example.com")
+    assert 0 <= same < 2**63  # fits SQLite's signed integer
+    history = usage_row()["tool_call_history"]
+    for changed in (
+        {"step_count": 11},
+        {"status": "error"},
+        {"neo_credits": 1.26},
+        {"llm_cost": 0},  # reported zero differs from not reported
+        {"agent_breakdown": {"recon": 2}},
+        {"agent_breakdown": None},
+        {"tool_call_history": [*history, {"index": 2, "tool_name": "bash", "duration_ms": 1}]},
+        {"created_at": "2026-11-20T10:00:01Z"},
+    ):
+        assert fp(**changed) != same, changed
 
 
 @given(st.lists(st.integers(min_value=0, max_value=60), max_size=80))

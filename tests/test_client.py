@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -9,7 +10,8 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from exporter.client import STREAMS, NeoClient, RetryPolicy
+from exporter.accounting import row_fingerprint
+from exporter.client import STREAMS, NeoClient, RetryPolicy, _usage_page
 from exporter.errors import (
     ApiPayloadError,
     ApiStatusError,
@@ -20,6 +22,7 @@ from exporter.errors import (
     RateLimited,
     RoleForbidden,
 )
+from exporter.models import TaskUsage
 from exporter.simulator import DEMO_API_KEY, DEMO_TOKEN, ManualClock, SimulatedApi, World
 
 START = datetime(2026, 11, 20, 9, tzinfo=UTC)
@@ -218,6 +221,32 @@ def test_schema_drift_is_tolerated(api: SimulatedApi, world: World) -> None:
     assert listing.invalid == []
     assert sorted(r.stream_id or "" for r in listing.rows) == window(world, world.clock)
     assert "quarantined" in {r.status for r in listing.rows}
+
+
+@pytest.mark.parametrize("drift", [False, True])
+def test_a_page_validated_whole_reads_as_its_rows_one_by_one(
+    api: SimulatedApi, drift: bool
+) -> None:
+    """The fast path (the page validated from its bytes) and the fallback (JSON, then
+    each row) must agree on every field, or a bad row elsewhere on a page would change
+    what its neighbours count."""
+    api.faults.extra_fields = api.faults.null_fields = api.faults.unknown_status = drift
+    params = {"from": "2026-11-19T09:00:00Z", "limit": "200"}
+    content = httpx.get(
+        f"{api.url}{STREAMS}", params=params, headers={"X-Api-Key": DEMO_API_KEY}
+    ).content
+    whole = _usage_page(content)["data"]
+    one_by_one = [TaskUsage.model_validate(raw) for raw in json.loads(content)["data"]]
+    assert len(whole) > 100
+    assert all(type(row) is TaskUsage for row in whole)
+    assert whole == one_by_one
+    assert [row_fingerprint(r) for r in whole] == [row_fingerprint(r) for r in one_by_one]
+    # One bad row sends the page down the fallback, where only that row is lost.
+    broken = json.loads(content)
+    broken["data"][3]["step_count"] = "many"
+    fallback = _usage_page(json.dumps(broken).encode())["data"]
+    assert all(isinstance(raw, dict) for raw in fallback)
+    assert len(fallback) == len(whole)
 
 
 def test_a_wrong_type_skips_only_its_row(api: SimulatedApi, world: World) -> None:

@@ -92,7 +92,7 @@ def test_kill_9_loop_keeps_totals_exact(tmp_path: Path) -> None:
         while time.monotonic() < deadline:
             time.sleep(0.5)
             ledger = open_ledger(state_path)
-            if float(ledger.meta.get("listed_at", 0)) >= started:
+            if float(ledger.meta.get("recent_at", 0)) >= started:  # a poll finished
                 break
             ledger.close()
             ledger = None

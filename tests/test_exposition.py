@@ -10,11 +10,14 @@ from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client import exposition as text_format
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from exporter import exposition as exposition_module
 from exporter.accounting import Observation, apply
 from exporter.collector import UsageCollector
 from exporter.exposition import Exposition, accepts_gzip, wants_openmetrics
@@ -136,6 +139,48 @@ def test_render_serves_the_last_refresh_until_the_next(ledger: Ledger) -> None:
     exposition.refresh()
     after = samples(parse_text(exposition.render(openmetrics=False, compress=False)[0].decode()))
     assert after[("neo_credits_total", (("model", "sonnet-4.6"), ("status", "completed")))] == 2.5
+
+
+def test_a_refresh_renders_only_what_changed_and_equals_a_whole_render(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Families whose samples did not change keep their bytes; the body is always exactly
+    what rendering every family afresh gives, in both formats."""
+    fill(ledger)
+    exposition = build(ledger)
+    usage = exposition._usage
+    rendered: list[str] = []
+    real = text_format.generate_latest
+
+    def counting(registry: object) -> bytes:
+        rendered.extend(family.name for family in registry.collect())  # type: ignore[attr-defined]
+        return real(registry)  # type: ignore[arg-type]
+
+    def whole(openmetrics: bool) -> bytes:
+        if openmetrics:
+            return openmetrics_latest(usage).removesuffix(b"# EOF\n")
+        return real(usage)
+
+    def own(openmetrics: bool) -> bytes:
+        registry = exposition._own
+        return openmetrics_latest(registry) if openmetrics else real(registry)
+
+    monkeypatch.setattr(exposition_module.text_format, "generate_latest", counting)
+    exposition.refresh()  # nothing changed: nothing rendered
+    assert rendered == []
+    changes = PollChanges()
+    obs = Observation.from_row(TaskUsage.model_validate(usage_row(stream_id="late")))
+    changes.runs.append(
+        apply(None, obs, baselined=False, guard=ledger.guard, deltas=changes.deltas)
+    )
+    ledger.commit(changes)
+    exposition.refresh()
+    assert "neo_credits" in rendered  # the counters that grew
+    assert "neo_tasks" not in rendered  # the task gauge did not change
+    monkeypatch.undo()
+    for openmetrics in (False, True):
+        body, _ = exposition.render(openmetrics=openmetrics, compress=False)
+        assert body == whole(openmetrics) + own(openmetrics)
 
 
 @pytest.mark.prometheus

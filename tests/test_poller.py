@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from exporter import poller as poller_module
 from exporter.account import AccountReader
 from exporter.client import NeoClient, RetryPolicy
 from exporter.ledger import Ledger
-from exporter.poller import ACCOUNT_INTERVAL, Poller
+from exporter.poller import ACCOUNT_INTERVAL, FULL_LIST_INTERVAL, Poller
 from exporter.selfmetrics import SelfMetrics
 from exporter.simulator import DEMO_API_KEY, ManualClock, SimulatedApi, StreamTruth, World
 from tests.conftest import BUCKETS
@@ -103,17 +104,27 @@ def assert_exact(rig: Rig, truth: Truth) -> None:
     assert diff == {}, diff
 
 
-def test_many_polls_count_every_run_once(tmp_path: Path) -> None:
-    """Growth, late-finishing runs and continuations over six hours, polled every 10 minutes."""
+@pytest.mark.parametrize("full_list_interval", [0.0, FULL_LIST_INTERVAL])
+def test_many_polls_count_every_run_once(tmp_path: Path, full_list_interval: float) -> None:
+    """Growth, late-finishing runs, settles and continuations over six hours, polled every
+    10 minutes, exact after every poll: whether each poll lists the whole window or, as
+    by default, only recent starts between hourly full listings."""
     for rig in make_rig(tmp_path):
         truth = Truth(rig.world)
-        rig.open()
+        rig.open().full_list_interval = full_list_interval
         poll(rig, truth)
         first = counted(rig.ledger)  # type: ignore[arg-type]
         assert first["runs"] > 500  # the first poll counts the whole window
-        run_polls(rig, truth, 36, 600)
+        partial = 0
+        for _ in range(36):
+            rig.clock.advance(600)
+            assert rig.poller is not None
+            report = rig.poller.poll_once()
+            truth.after_poll(rig.ledger)  # type: ignore[arg-type]
+            partial += not report.full_listing
+            assert_exact(rig, truth)
+        assert partial == (30 if full_list_interval else 0)
         assert counted(rig.ledger)["runs"] > first["runs"]  # type: ignore[arg-type]
-        assert_exact(rig, truth)
 
 
 def test_rows_dated_by_their_task_never_double_count(tmp_path: Path) -> None:
@@ -229,6 +240,30 @@ def test_runs_that_finish_or_settle_after_leaving_a_short_window_count(tmp_path:
         assert long_runs, "the world should have runs longer than the window"
         assert_exact(rig, truth)
         assert all(not r.awaiting for r in rig.ledger.tasks.values() if not r.active)
+
+
+def test_between_full_listings_settles_after_the_recent_window_count_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a recent window of 20 minutes and no full listing for six hours, runs settle
+    (up to 25 minutes after they end, in the simulator) after their start left what the
+    polls list: their tasks are read by ID until SETTLE_GRACE after they ended, so totals
+    stay exact after every poll."""
+    monkeypatch.setattr(poller_module, "RECENT_WINDOW", 1200.0)
+    for rig in make_rig(tmp_path):
+        truth = Truth(rig.world)
+        poller = rig.open()
+        poller.full_list_interval = 6 * 3600
+        poll(rig, truth)
+        followed = 0
+        for _ in range(60):
+            rig.clock.advance(180)
+            assert not poller.poll_once().full_listing
+            truth.after_poll(rig.ledger)  # type: ignore[arg-type]
+            assert rig.ledger is not None
+            followed += any(rig.ledger.tasks[t].follow_until for t in rig.ledger.flagged)
+            assert_exact(rig, truth)
+        assert followed > 10, "some polls should have read settling tasks by ID"
 
 
 def test_the_balance_is_read_at_most_every_account_interval(rig: Rig) -> None:
