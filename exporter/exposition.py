@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_format
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics_format
+from prometheus_client.samples import Sample
 
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -82,31 +83,68 @@ class Exposition:
         self._own = own
         self._lock = threading.Lock()
         self._rendered: _Rendered | None = None
-        # Per family: its samples when last rendered, and its text and OpenMetrics bytes.
-        self._families: dict[str, tuple[Metric, bytes, bytes]] = {}
+        # Per series (family name, labels but "le"): its samples when last rendered,
+        # and its text and OpenMetrics lines.
+        self._series: dict[tuple[str, SeriesKey], tuple[list[Sample], bytes, bytes]] = {}
+        self._headers: dict[tuple[str, str, str, str], tuple[bytes, bytes]] = {}
 
     def refresh(self) -> None:
-        """Render the usage families after a poll. A family whose samples are what they
-        were (most of them, in a quiet poll) keeps its bytes: comparing samples costs a
-        fraction of rendering them."""
-        text_parts, om_parts = [], []
-        kept: dict[str, tuple[Metric, bytes, bytes]] = {}
+        """Render the usage families after a poll.
+
+        Only series whose samples changed are rendered again (comparing samples costs a
+        fraction of rendering them); the others keep their bytes. Each sample is one
+        line in both formats, so the changed series of a family are rendered together
+        and their lines handed back in order.
+        """
+        text_parts: list[bytes] = []
+        om_parts: list[bytes] = []
+        kept: dict[tuple[str, SeriesKey], tuple[list[Sample], bytes, bytes]] = {}
         changed = self._rendered is None
         for family in self._usage.collect():
-            cached = self._families.get(family.name)
-            if cached is not None and cached[0] == family:
-                _, text, om = cached
-            else:
+            series: dict[SeriesKey, list[Sample]] = {}
+            for sample in family.samples:
+                # A family's samples carry its labels in one order; "le" splits no series.
+                key = tuple(kv for kv in sample.labels.items() if kv[0] != "le")
+                found = series.get(key)
+                if found is None:
+                    series[key] = [sample]
+                else:
+                    found.append(sample)
+            stale = [
+                key
+                for key, samples in series.items()
+                if (cached := self._series.get((family.name, key))) is None or cached[0] != samples
+            ]
+            head = (family.name, family.documentation, family.type, family.unit)
+            if head not in self._headers:
+                self._headers[head] = _render(_like(family, []))
+            header_text, header_om = self._headers[head]
+            fresh: dict[SeriesKey, tuple[bytes, bytes]] = {}
+            if stale:
                 changed = True
-                # Collect once, render twice: both formats come from the same family.
-                one = _Collected([family])
-                text = text_format.generate_latest(one)
-                om = _openmetrics_latest(one).removesuffix(EOF_LINE)  # type: ignore[arg-type]
-            kept[family.name] = (family, text, om)
-            text_parts.append(text)
-            om_parts.append(om)
-        changed = changed or kept.keys() != self._families.keys()
-        self._families = kept
+                text, om = _render(_like(family, [x for key in stale for x in series[key]]))
+                text_lines = _lines(text, header_text)
+                om_lines = _lines(om, header_om)
+                at = 0
+                for key in stale:
+                    count = len(series[key])
+                    fresh[key] = (
+                        b"".join(text_lines[at : at + count]),
+                        b"".join(om_lines[at : at + count]),
+                    )
+                    at += count
+            text_parts.append(header_text)
+            om_parts.append(header_om)
+            for key, samples in series.items():
+                if key in fresh:
+                    text, om = fresh[key]
+                else:
+                    _, text, om = self._series[(family.name, key)]
+                kept[(family.name, key)] = (samples, text, om)
+                text_parts.append(text)
+                om_parts.append(om)
+        changed = changed or kept.keys() != self._series.keys()
+        self._series = kept
         if not changed:
             return  # the same bytes, already compressed
         text, om = b"".join(text_parts), b"".join(om_parts)
@@ -134,6 +172,34 @@ class Exposition:
         if compress:
             return packed.gzip_with(own), content_type
         return plain + own, content_type
+
+
+SeriesKey = tuple[tuple[str, str], ...]
+
+
+def _like(family: Metric, samples: list[Sample]) -> Metric:
+    """A family with the same name, help, type and unit, holding ``samples``."""
+    copy = Metric(family.name, family.documentation, family.type, family.unit)
+    copy.samples = samples
+    return copy
+
+
+def _render(family: Metric) -> tuple[bytes, bytes]:
+    """One family in the text format and in OpenMetrics (without the closing # EOF)."""
+    one = _Collected([family])
+    text = text_format.generate_latest(one)
+    return text, _openmetrics_latest(one).removesuffix(EOF_LINE)  # type: ignore[arg-type]
+
+
+def _lines(body: bytes, header: bytes) -> list[bytes]:
+    """The sample lines of a rendered family, one per sample, without its header."""
+    if not body.startswith(header):
+        raise AssertionError("a family rendered without its usual header")
+    # Only "\n" ends a line: a label value may hold a raw "\r", which both writers keep.
+    rest = body[len(header) :].split(b"\n")
+    if rest[-1]:
+        raise AssertionError("a rendered family that does not end with a newline")
+    return [line + b"\n" for line in rest[:-1]]
 
 
 def wants_openmetrics(accept: str) -> bool:

@@ -9,8 +9,11 @@ import zlib
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client import exposition as text_format
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
@@ -238,3 +241,53 @@ def test_openmetrics_carries_task_exemplars(ledger: Ledger) -> None:
     assert {e.labels["task_id"] for e in exemplars} == {"task-1", "task-2"}
     text = exposition.render(openmetrics=False, compress=False)[0].decode()
     assert "task_id" not in text  # the text format has no exemplars, and no task label
+
+
+class _Families:
+    """A collector serving whatever families a test hands it."""
+
+    def __init__(self) -> None:
+        self.families: list[object] = []
+
+    def collect(self) -> list[object]:
+        return self.families
+
+
+label_values = st.text(alphabet=st.characters(codec="utf-8"), max_size=6)
+series_specs = st.lists(
+    st.tuples(label_values, label_values, st.integers(0, 5)), max_size=8, unique_by=lambda t: t[:2]
+)
+
+
+@given(before=series_specs, after=series_specs)
+@settings(max_examples=60, deadline=None)
+def test_series_rendered_apart_join_into_the_whole_family(
+    before: list[tuple[str, str, int]], after: list[tuple[str, str, int]]
+) -> None:
+    """Label values with quotes, backslashes and newlines, series that come, change and
+    go: what a refresh serves is always byte for byte what rendering the whole registry
+    gives, in both formats."""
+    disable_created_metrics()
+    source = _Families()
+    usage = CollectorRegistry(auto_describe=False)
+    usage.register(source)  # type: ignore[arg-type]
+    exposition = Exposition(usage, CollectorRegistry(auto_describe=False))
+
+    def families(spec: list[tuple[str, str, int]]) -> list[object]:
+        counter = CounterMetricFamily("x_spent", "Spent.\nIn total.", labels=["a", "b"])
+        gauge = GaugeMetricFamily("x_open", 'Open "now".', labels=["a", "b"])
+        hist = HistogramMetricFamily("x_seconds", "Durations.", labels=["a", "b"])
+        for a, b, n in spec:
+            counter.add_metric([a, b], n * 0.25)
+            gauge.add_metric([a, b], n)
+            buckets = [("0.5", float(n)), ("+Inf", float(n + 1))]
+            hist.add_metric([a, b], buckets, n * 1.5)  # type: ignore[arg-type]
+        return [counter, gauge, hist]
+
+    for spec in (before, after, before):
+        source.families = families(spec)
+        exposition.refresh()
+        assert exposition.render(openmetrics=False, compress=False)[
+            0
+        ] == text_format.generate_latest(usage)
+        assert exposition.render(openmetrics=True, compress=False)[0] == openmetrics_latest(usage)
