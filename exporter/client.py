@@ -108,12 +108,8 @@ def _usage_page(content: bytes) -> Any:
     try:
         page = _UsagePage.model_validate_json(content)
     except ValidationError:
-        return _json(content)
+        return json.loads(content)
     return {"data": page.data, "has_more": page.has_more, "total": page.total}
-
-
-def _json(content: bytes) -> Any:
-    return json.loads(content)
 
 
 def _iso(moment: datetime) -> str:
@@ -342,7 +338,7 @@ class NeoClient:
         path: str,
         params: dict[str, str] | None = None,
         *,
-        decode: Callable[[bytes], Any] = _json,
+        decode: Callable[[bytes], Any] = json.loads,
     ) -> Any:
         attempt = 0
         while True:

@@ -107,6 +107,11 @@ class TaskRecord(NamedTuple):
     # their task's usage is read by ID until this unix time.
     follow_until: float = 0.0
 
+    @property
+    def flagged(self) -> bool:
+        """Live, awaited or followed: read by the poller beyond the listings."""
+        return bool(self.active or self.awaiting or self.follow_until)
+
 
 @dataclass
 class PollChanges:
@@ -300,7 +305,7 @@ class Ledger:
                 since,
                 until,
             )
-            if active or waiting or until:
+            if self.tasks[task_id].flagged:
                 self.flagged.add(task_id)
         self.fingerprints = dict(db.execute("SELECT stream_id, fingerprint FROM runs").fetchall())
         self.index_loaded = True
@@ -430,7 +435,7 @@ class Ledger:
         self.exemplars.update(exemplars)
         self.tasks.update(changes.tasks)
         for task_id, record in changes.tasks.items():
-            if record.active or record.awaiting or record.follow_until:
+            if record.flagged:
                 self.flagged.add(task_id)
             else:
                 self.flagged.discard(task_id)

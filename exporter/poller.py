@@ -207,10 +207,10 @@ class Poller:
         awaited, done = self._fetch_awaited(rows, baseline, details, report, now, gone)
         ended = self._fold(rows, baseline, details, listed, changes, report, now)
         self._settle(awaited, done, ended, changes, now, gone)
-        if self.account is not None and now.timestamp() >= self._account_due:
+        if self.account is not None and stamp >= self._account_due:
             # The balance moves slowly and its alerts look at hours: read it every
             # ACCOUNT_INTERVAL, not on every poll, to keep requests per poll to the usage.
-            self._account_due = now.timestamp() + ACCOUNT_INTERVAL
+            self._account_due = stamp + ACCOUNT_INTERVAL
             account_meta, errors = self.account.read(now)
             changes.meta.update(account_meta)
             if errors:
