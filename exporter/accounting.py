@@ -104,7 +104,7 @@ class Observation:
     @classmethod
     def from_row(cls, row: TaskUsage, fingerprint: int | None = None) -> Observation:
         history = row.tool_call_history or []
-        in_order = [call.get("index") for call in history] == list(range(len(history)))
+        in_order = [call.index for call in history] == list(range(len(history)))
         return cls(
             stream_id=row.stream_id or f"task:{row.task_id}",
             task_id=row.task_id,
@@ -233,7 +233,7 @@ def _new_calls(ranges: Ranges, obs: Observation) -> list[ToolCall]:
         return history[counted:]
     fresh = []
     for position, call in enumerate(history):
-        index = call.get("index")
+        index = call.index
         if _mark(ranges, position if index is None else index):
             fresh.append(call)
     return fresh
@@ -303,12 +303,12 @@ def apply(
     if fresh and not silent:
         by_tool: dict[str, list[int]] = {}
         for call in fresh:
-            tool = call.get("tool_name") or "unknown"
+            tool = call.tool_name or "unknown"
             durations = by_tool.get(tool)
             if durations is None:
-                by_tool[tool] = [call.get("duration_ms", 0)]
+                by_tool[tool] = [call.duration_ms]
             else:
-                durations.append(call.get("duration_ms", 0))
+                durations.append(call.duration_ms)
         for tool, durations in by_tool.items():
             tool_labels = (model, guard.admit("tool", tool))
             deltas.observe_many(TOOL_DURATION.name, tool_labels, durations, obs.task_id)

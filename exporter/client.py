@@ -14,8 +14,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 import httpx
+import msgspec
 import structlog
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from exporter import __version__
 from exporter.errors import (
@@ -36,7 +37,10 @@ from exporter.models import (
     TaskInfo,
     TaskUsage,
     UsageSummary,
+    decode_usage,
+    describe_decode_error,
     describe_validation_error,
+    read_usage,
 )
 
 log = structlog.get_logger(__name__)
@@ -91,24 +95,39 @@ class Listing:
 Fingerprint = Callable[[TaskUsage], int]
 
 
-class _UsagePage(BaseModel):
-    """A usage list page, validated whole from its bytes (one pass in pydantic-core)."""
-
-    model_config = ConfigDict(extra="ignore")
+class _UsagePage(msgspec.Struct, gc=False):
+    """A usage list page, decoded whole from its bytes in one pass."""
 
     data: list[TaskUsage]
     has_more: bool | None = None
     total: int | None = None
 
 
+class _RawPage(msgspec.Struct, gc=False):
+    """A page whose rows are kept as their own JSON text, to be decoded one by one."""
+
+    data: list[msgspec.Raw]
+    has_more: Any = None
+    total: Any = None
+
+
+_PAGE = msgspec.json.Decoder(_UsagePage, strict=False)
+_RAW_PAGE = msgspec.json.Decoder(_RawPage)
+
+
 def _usage_page(content: bytes) -> Any:
-    """Decode a usage page. The usual page validates whole, straight from its bytes,
-    which costs less than json.loads alone; a page with one bad row falls back to plain
-    JSON, whose rows are then validated one by one so that only the bad row is lost."""
+    """Decode a usage page. The usual page decodes whole, straight from its bytes,
+    into rows. A page with a bad row falls back to its rows' own JSON text, each then
+    decoded by the same rules, so that only the bad row is lost; a page of another
+    shape is returned as plain JSON for the caller to reject."""
     try:
-        page = _UsagePage.model_validate_json(content)
-    except ValidationError:
-        return json.loads(content)
+        page = _PAGE.decode(content)
+    except msgspec.ValidationError:
+        try:
+            raw = _RAW_PAGE.decode(content)
+        except msgspec.ValidationError:
+            return json.loads(content)
+        return {"data": raw.data, "has_more": raw.has_more, "total": raw.total}
     return {"data": page.data, "has_more": page.has_more, "total": page.total}
 
 
@@ -213,7 +232,13 @@ class NeoClient:
 
     def get_task_usage(self, task_id: str) -> TaskUsage:
         body = self._get(TASK_USAGE, f"/api/v1/usage/tasks/{_quote(task_id)}")
-        return self._parse(TASK_USAGE, TaskUsage, body)
+        try:
+            return read_usage(body)
+        except msgspec.ValidationError as exc:
+            raise ApiPayloadError(
+                f"{TASK_USAGE}: unexpected payload: {describe_decode_error(exc)}",
+                endpoint=TASK_USAGE,
+            ) from None
 
     def get_task(self, task_id: str) -> TaskDetails:
         body = self._get(TASK, f"/api/v1/tasks/{_quote(task_id)}")
@@ -409,15 +434,17 @@ def _quote(value: str) -> str:
 
 
 def _validate_row(raw: Any, endpoint: str, listing: Listing) -> TaskUsage | None:
+    """A row from its own JSON text (a page that failed whole) or decoded JSON."""
     try:
-        return TaskUsage.model_validate(raw)
-    except ValidationError as exc:
-        task_id = raw.get("task_id") if isinstance(raw, dict) else None
-        task_id = task_id if isinstance(task_id, str) else None
-        reason = describe_validation_error(exc)
-        listing.invalid.append(InvalidRow(task_id, reason))
-        log.warning("row_skipped", endpoint=endpoint, task_id=task_id, reason=reason)
-        return None
+        return decode_usage(raw) if isinstance(raw, msgspec.Raw) else read_usage(raw)
+    except msgspec.ValidationError as exc:
+        reason = describe_decode_error(exc)
+    fields = msgspec.json.decode(raw) if isinstance(raw, msgspec.Raw) else raw
+    task_id = fields.get("task_id") if isinstance(fields, dict) else None
+    task_id = task_id if isinstance(task_id, str) else None
+    listing.invalid.append(InvalidRow(task_id, reason))
+    log.warning("row_skipped", endpoint=endpoint, task_id=task_id, reason=reason)
+    return None
 
 
 def _retry_decision(exc: ApiError) -> tuple[bool, float | None]:

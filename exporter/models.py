@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
+import msgspec
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from typing_extensions import TypedDict
 
 
 def _to_decimal(value: Any) -> Any:
@@ -47,47 +47,80 @@ class _Tolerant(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-class ToolCall(TypedDict, total=False):
-    """One entry of ``tool_call_history``.
+# Bounds that keep every sum the ledger stores inside SQLite's 64-bit integers: a
+# count or millisecond figure past 10**15 (31,000 years) or a run costing more than a
+# million credits is a broken payload, rejected with its row rather than overflowing.
+MAX_COUNT = 10**15
+MAX_CREDITS = Decimal(10**6)
 
-    A TypedDict, not a model: a window holds tens of thousands of runs with dozens of
-    calls each, and validating plain dicts costs a tenth of building model instances.
-    Unknown keys are ignored; ``timestamp`` is not read.
+RowCount = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
+
+
+class ToolCall(msgspec.Struct, frozen=True, gc=False):
+    """One entry of ``tool_call_history``; unknown keys (``timestamp``) are ignored."""
+
+    index: int | None = None
+    tool_name: str | None = None
+    duration_ms: RowCount = 0
+
+
+class TaskUsage(msgspec.Struct, frozen=True, gc=False):
+    """Usage of a task (aggregated) or of one of its streams (``stream_id`` set).
+
+    A msgspec struct, not a pydantic model: a window holds tens of thousands of rows
+    with dozens of tool calls each, and msgspec decodes a page straight from its bytes
+    into these in a fifth of the CPU json.loads takes, in a fraction of the memory.
+    Decoded by ``decode_usage`` (lax like the rest: "5" and 5.0 read as 5); fields the
+    exporter does not read are ignored, so their drift costs no row.
     """
 
-    index: int | None
-    tool_name: str | None
-    duration_ms: Annotated[int, Field(ge=0)]
-
-
-class TaskUsage(_Tolerant):
-    """Usage of a task (aggregated) or of one of its streams (``stream_id`` set)."""
-
-    task_id: Annotated[str, Field(min_length=1, max_length=256)]
+    task_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     model: str
     status: str
-    step_count: Count
-    tool_calls: Count
-    agent_triggers: Count
-    created_at: Annotated[datetime, BeforeValidator(_aware)]
+    step_count: RowCount
+    tool_calls: RowCount
+    agent_triggers: RowCount
+    created_at: datetime
     stream_id: str | None = None
-    stream_count: OptionalCount = None
-    neo_credits: Amount = None
-    llm_cost: Amount = None
-    neo_cost: Amount = None
-    is_byok: bool | None = None
-    llm_time_ms: OptionalCount = None
-    tool_time_ms: OptionalCount = None
-    total_execution_ms: OptionalCount = None
-    avg_step_latency_ms: OptionalCount = None
-    agent_breakdown: dict[str, Count] | None = None
+    stream_count: RowCount | None = None
+    neo_credits: Decimal | None = None
+    llm_cost: Decimal | None = None
+    neo_cost: Decimal | None = None
+    llm_time_ms: RowCount | None = None
+    tool_time_ms: RowCount | None = None
+    total_execution_ms: RowCount | None = None
+    agent_breakdown: dict[str, RowCount] | None = None
     tool_call_history: list[ToolCall] | None = None
-    email: str | None = None
-    task_title: str | None = None
-    error_message: str | None = None
 
-    def started_at(self) -> datetime:
-        return _aware(self.created_at)  # type: ignore[no-any-return]
+    def __post_init__(self) -> None:
+        # A timestamp without zone is read as UTC rather than as local time.
+        if self.created_at.tzinfo is None:
+            msgspec.structs.force_setattr(self, "created_at", self.created_at.replace(tzinfo=UTC))
+        for name in ("neo_credits", "llm_cost", "neo_cost"):
+            amount = getattr(self, name)
+            if amount is not None and not (amount.is_finite() and 0 <= amount <= MAX_CREDITS):
+                raise ValueError(f"{name}: not an amount from 0 to {MAX_CREDITS} credits")
+
+
+_USAGE = msgspec.json.Decoder(TaskUsage, strict=False)
+
+
+def decode_usage(content: bytes | str) -> TaskUsage:
+    """One usage row from its JSON text; msgspec.ValidationError names the bad field."""
+    return _USAGE.decode(content)
+
+
+def read_usage(raw: Any) -> TaskUsage:
+    """One usage row from already decoded JSON (a dict), by the same rules."""
+    return _USAGE.decode(msgspec.json.encode(raw))
+
+
+def describe_decode_error(error: msgspec.ValidationError) -> str:
+    """``field: problem``, like describe_validation_error; msgspec names the field and
+    the expected type, never the payload's value."""
+    message, _, where = str(error).partition(" - at `")
+    where = where.rstrip("`").removeprefix("$").lstrip(".")
+    return f"{where}: {message}" if where else message
 
 
 class ErrorResponse(_Tolerant):

@@ -19,12 +19,12 @@ from exporter.accounting import (
     row_fingerprint,
     to_nano,
 )
-from exporter.models import TaskUsage
+from exporter.models import read_usage
 from tests.conftest import usage_row
 
 
 def observe(**overrides: Any) -> Observation:
-    return Observation.from_row(TaskUsage.model_validate(usage_row(**overrides)))
+    return Observation.from_row(read_usage(usage_row(**overrides)))
 
 
 def fold(
@@ -126,7 +126,7 @@ def test_to_nano_is_exact() -> None:
 
 def test_fingerprint_changes_with_counted_fields_only() -> None:
     def fp(**overrides: Any) -> int:
-        return row_fingerprint(TaskUsage.model_validate(usage_row(**overrides)))
+        return row_fingerprint(read_usage(usage_row(**overrides)))
 
     same = fp()
     assert same == fp() == fp(task_title="renamed", email="a@example.com")
@@ -170,7 +170,7 @@ def test_counted_total_equals_high_water_mark(snapshots: list[tuple[int, int, st
     credits = steps = 0
     for micro, step_count, status in snapshots:
         row = usage_row(neo_credits=micro / 10**6, step_count=step_count, status=status)
-        state, deltas = fold(state, Observation.from_row(TaskUsage.model_validate(row)))
+        state, deltas = fold(state, Observation.from_row(read_usage(row)))
         credits += sum(v for (n, _), v in deltas.counters.items() if n == "neo_credits_total")
         steps += sum(v for (n, _), v in deltas.counters.items() if n == "neo_steps_total")
     assert credits == max(m for m, _, _ in snapshots) * 1000

@@ -24,7 +24,7 @@ from exporter.catalogue import NANO
 from exporter.client import NeoClient, RetryPolicy
 from exporter.errors import ExporterError
 from exporter.ledger import Ledger
-from exporter.models import TaskUsage
+from exporter.models import TaskUsage, read_usage
 from exporter.poller import Poller
 from exporter.selfmetrics import SelfMetrics
 from exporter.settings import Settings
@@ -78,9 +78,7 @@ def test_every_series_is_sampled_at_every_step_from_its_first_run() -> None:
 
 def test_collect_events_selects_finished_runs_started_in_the_range() -> None:
     def row(stream: str, created: str, status: str = "completed") -> TaskUsage:
-        return TaskUsage.model_validate(
-            usage_row(stream_id=stream, created_at=created, status=status)
-        )
+        return read_usage(usage_row(stream_id=stream, created_at=created, status=status))
 
     start = datetime(2026, 11, 20, 9, tzinfo=UTC).timestamp()
     end = start + HOUR

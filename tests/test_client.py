@@ -7,11 +7,20 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import msgspec
 import pytest
 from structlog.testing import capture_logs
 
 from exporter.accounting import row_fingerprint
-from exporter.client import STREAMS, NeoClient, RetryPolicy, _usage_page
+from exporter.client import (
+    STREAMS,
+    InvalidRow,
+    Listing,
+    NeoClient,
+    RetryPolicy,
+    _usage_page,
+    _validate_row,
+)
 from exporter.errors import (
     ApiPayloadError,
     ApiStatusError,
@@ -22,7 +31,7 @@ from exporter.errors import (
     RateLimited,
     RoleForbidden,
 )
-from exporter.models import TaskUsage
+from exporter.models import TaskUsage, read_usage
 from exporter.simulator import DEMO_API_KEY, DEMO_TOKEN, ManualClock, SimulatedApi, World
 
 START = datetime(2026, 11, 20, 9, tzinfo=UTC)
@@ -236,7 +245,7 @@ def test_a_page_validated_whole_reads_as_its_rows_one_by_one(
         f"{api.url}{STREAMS}", params=params, headers={"X-Api-Key": DEMO_API_KEY}
     ).content
     whole = _usage_page(content)["data"]
-    one_by_one = [TaskUsage.model_validate(raw) for raw in json.loads(content)["data"]]
+    one_by_one = [read_usage(raw) for raw in json.loads(content)["data"]]
     assert len(whole) > 100
     assert all(type(row) is TaskUsage for row in whole)
     assert whole == one_by_one
@@ -245,8 +254,14 @@ def test_a_page_validated_whole_reads_as_its_rows_one_by_one(
     broken = json.loads(content)
     broken["data"][3]["step_count"] = "many"
     fallback = _usage_page(json.dumps(broken).encode())["data"]
-    assert all(isinstance(raw, dict) for raw in fallback)
-    assert len(fallback) == len(whole)
+    assert all(isinstance(raw, msgspec.Raw) for raw in fallback)
+    listing = Listing()
+    again = [_validate_row(raw, STREAMS, listing) for raw in fallback]
+    assert again[3] is None
+    assert again[:3] + again[4:] == whole[:3] + whole[4:]
+    assert listing.invalid == [
+        InvalidRow(whole[3].task_id, "step_count: Expected `int`, got `str`")
+    ]
 
 
 def test_a_wrong_type_skips_only_its_row(api: SimulatedApi, world: World) -> None:

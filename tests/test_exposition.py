@@ -25,7 +25,7 @@ from exporter.accounting import Observation, apply
 from exporter.collector import UsageCollector
 from exporter.exposition import Exposition, accepts_gzip, wants_openmetrics
 from exporter.ledger import Ledger, PollChanges, TaskRecord
-from exporter.models import TaskUsage
+from exporter.models import read_usage
 from exporter.selfmetrics import SelfMetrics
 from tests.conftest import usage_row
 
@@ -41,7 +41,7 @@ def fill(ledger: Ledger) -> None:
         usage_row(stream_id="stream-4", task_id="task-2", model="gpt-5", neo_credits=40),
     ]
     for raw in rows:
-        obs = Observation.from_row(TaskUsage.model_validate(raw))
+        obs = Observation.from_row(read_usage(raw))
         state = apply(None, obs, baselined=False, guard=ledger.guard, deltas=changes.deltas)
         changes.runs.append(state)
     now = NOW.timestamp()
@@ -133,7 +133,7 @@ def test_render_serves_the_last_refresh_until_the_next(ledger: Ledger) -> None:
     exposition = build(ledger)
     before, _ = exposition.render(openmetrics=False, compress=False)
     changes = PollChanges()
-    obs = Observation.from_row(TaskUsage.model_validate(usage_row(stream_id="late")))
+    obs = Observation.from_row(read_usage(usage_row(stream_id="late")))
     changes.runs.append(
         apply(None, obs, baselined=False, guard=ledger.guard, deltas=changes.deltas)
     )
@@ -172,7 +172,7 @@ def test_a_refresh_renders_only_what_changed_and_equals_a_whole_render(
     exposition.refresh()  # nothing changed: nothing rendered
     assert rendered == []
     changes = PollChanges()
-    obs = Observation.from_row(TaskUsage.model_validate(usage_row(stream_id="late")))
+    obs = Observation.from_row(read_usage(usage_row(stream_id="late")))
     changes.runs.append(
         apply(None, obs, baselined=False, guard=ledger.guard, deltas=changes.deltas)
     )

@@ -10,14 +10,14 @@ import pytest
 from exporter.accounting import Observation, apply
 from exporter.errors import StateError
 from exporter.ledger import Ledger, PollChanges, TaskRecord
-from exporter.models import TaskUsage
+from exporter.models import read_usage
 from tests.conftest import BUCKETS, usage_row
 
 
 def changes_for(ledger: Ledger, *rows: dict[str, object]) -> PollChanges:
     changes = PollChanges()
     for raw in rows:
-        obs = Observation.from_row(TaskUsage.model_validate(raw))
+        obs = Observation.from_row(read_usage(raw))
         old = ledger.load_runs([obs.stream_id]).get(obs.stream_id)
         changes.runs.append(
             apply(old, obs, baselined=False, guard=ledger.guard, deltas=changes.deltas)
@@ -179,11 +179,11 @@ def test_a_version_1_ledger_is_migrated_in_place(ledger: Ledger, state_path: Pat
 
 def test_a_baselined_run_keeps_what_it_held_when_first_seen(ledger: Ledger) -> None:
     changes = PollChanges()
-    obs = Observation.from_row(TaskUsage.model_validate(usage_row()))
+    obs = Observation.from_row(read_usage(usage_row()))
     changes.runs.append(apply(None, obs, baselined=True, guard=ledger.guard, deltas=changes.deltas))
     ledger.commit(changes)
     assert changes.deltas.counters == {}
-    grown = Observation.from_row(TaskUsage.model_validate(usage_row(neo_credits=2, step_count=15)))
+    grown = Observation.from_row(read_usage(usage_row(neo_credits=2, step_count=15)))
     changes = PollChanges()
     old = ledger.load_runs(["stream-1"])["stream-1"]
     changes.runs.append(
