@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -25,6 +25,7 @@ NON_TERMINAL = frozenset(
     {"running", "active", "pending", "queued", "in_progress", "started", "created", "suspended"}
 )
 VALUE_FIELDS = tuple(RUN_COUNTERS)  # credits, steps, tool_calls, ...
+COUNTER_NAMES = {name: spec.name for name, spec in RUN_COUNTERS.items()}
 GUARDED_LABELS = ("model", "status", "tool", "agent")  # capped by LabelGuard
 
 EXEMPLAR_COUNTERS = frozenset({RUN_COUNTERS["credits"].name})
@@ -177,16 +178,25 @@ class LabelGuard:
             self._admitted.get(label, set()).discard(value)
 
 
+@dataclass(slots=True)
+class Observed:
+    """One histogram series' observations in a poll, and the task behind each stretch of
+    them (the task is the exemplar of the bucket an observation lands in)."""
+
+    values: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)  # where each task's stretch ends in values
+    tasks: list[str] = field(default_factory=list)
+
+    def task_at(self, position: int) -> str:
+        return self.tasks[bisect_right(self.ends, position)]
+
+
 @dataclass
 class Deltas:
     """Everything one poll adds: counter increments and histogram observations."""
 
     counters: dict[tuple[str, tuple[str, ...]], int] = field(default_factory=dict)
-    # Observations per histogram series, in batches that share the task behind them
-    # (the task is the exemplar of the bucket an observation lands in).
-    batches: dict[tuple[str, tuple[str, ...]], list[tuple[str, list[int]]]] = field(
-        default_factory=dict
-    )
+    observed: dict[tuple[str, tuple[str, ...]], Observed] = field(default_factory=dict)
     decreases: dict[str, int] = field(default_factory=dict)
     decreased_runs: list[tuple[str, str, str]] = field(default_factory=list)  # task, run, field
     # The task behind the latest increment of a counter series, for OpenMetrics exemplars.
@@ -204,17 +214,22 @@ class Deltas:
     def observe_many(
         self, name: str, labels: tuple[str, ...], values: list[int], task_id: str = ""
     ) -> None:
-        if values:
-            self.batches.setdefault((name, labels), []).append((task_id, values))
+        if not values:
+            return
+        series = self.observed.get((name, labels))
+        if series is None:
+            series = self.observed[(name, labels)] = Observed()
+        series.values += values
+        series.ends.append(len(series.values))
+        series.tasks.append(task_id)
 
     @property
     def observations(self) -> list[tuple[str, tuple[str, ...], int]]:
         """Every observation as (name, labels, value), for reading, not the hot path."""
         return [
             (name, labels, value)
-            for (name, labels), batches in self.batches.items()
-            for _, values in batches
-            for value in values
+            for (name, labels), series in self.observed.items()
+            for value in series.values
         ]
 
 
@@ -277,13 +292,15 @@ def apply(
     state = old or RunState(
         obs.stream_id, obs.task_id, obs.started_at, obs.model, obs.status, baselined=baselined
     )
-    for name in VALUE_FIELDS:
-        before, now = getattr(state, name), obs.values.get(name)
-        if now is None:
-            continue
+    counters = deltas.counters  # Deltas.add, inlined: this loop runs for every row
+    for name, now in obs.values.items():  # only the fields the row reported
+        before = getattr(state, name)
         if now > before:
             if not silent:
-                deltas.add(RUN_COUNTERS[name].name, labels, now - before, obs.task_id)
+                key = (COUNTER_NAMES[name], labels)
+                counters[key] = counters.get(key, 0) + now - before
+                if key[0] in EXEMPLAR_COUNTERS and obs.task_id:
+                    deltas.counter_tasks[key] = (obs.task_id, now - before)
             setattr(state, name, now)
         elif now < before:
             deltas.decreases[name] = deltas.decreases.get(name, 0) + 1

@@ -7,11 +7,14 @@ import os
 import sqlite3
 import time
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import NamedTuple
 
+import msgspec
 import structlog
 
 from exporter.accounting import Deltas, LabelGuard, RunState
@@ -128,10 +131,17 @@ def _row(state: RunState) -> tuple[object, ...]:
         state.stream_id, state.task_id, state.started_at, state.model, state.status,
         int(state.baselined), int(state.finished), state.credits, state.llm_cost,
         state.neo_cost, state.steps, state.tool_calls, state.agent_triggers, state.llm_ms,
-        state.tool_ms, state.exec_ms, json.dumps(state.agents, sort_keys=True),
-        json.dumps(state.tools_seen), state.fingerprint,
-        None if state.uncounted is None else json.dumps(state.uncounted, sort_keys=True),
+        state.tool_ms, state.exec_ms, _to_json(state.agents), _to_json(state.tools_seen),
+        state.fingerprint, None if state.uncounted is None else _to_json(state.uncounted),
     )  # fmt: skip
+
+
+_ENCODER = msgspec.json.Encoder(order="sorted")
+
+
+def _to_json(value: object) -> str:
+    """Compact JSON with sorted keys: a run's agents, ranges and uncounted values."""
+    return _ENCODER.encode(value).decode()
 
 
 def _state(row: sqlite3.Row) -> RunState:
@@ -361,20 +371,20 @@ class Ledger:
         specs = {spec.name: spec for spec in HISTOGRAMS}
         exemplars: dict[tuple[str, Labels, int], tuple[str, int, float]] = {}
         stamp = time.time()
-        for (name, labels), batches in changes.deltas.batches.items():
+        for (name, labels), series in changes.deltas.observed.items():
             hist = histograms[(name, labels)] = self.histogram_for(specs[name], labels)
-            limits, buckets = hist.limits, hist.buckets
-            latest: dict[int, tuple[str, int]] = {}  # bucket -> its newest observation
-            for task_id, values in batches:
-                for value in values:
-                    index = bisect_left(limits, value)
-                    buckets[index] += 1
-                    latest[index] = (task_id, value)
-                hist.sum += sum(values)
-                hist.count += len(values)
-            for index, (task_id, value) in latest.items():
+            values, buckets = series.values, hist.buckets
+            # Binned in C: each value's bucket, the count per bucket, and the position of
+            # each bucket's newest observation (a dict keeps the last of equal keys).
+            indices = list(map(bisect_left, repeat(hist.limits), values))
+            for index, count in Counter(indices).items():
+                buckets[index] += count
+            hist.sum += sum(values)
+            hist.count += len(values)
+            for index, position in dict(zip(indices, range(len(values)), strict=True)).items():
+                task_id = series.task_at(position)
                 if task_id:
-                    exemplars[(name, labels, index)] = (task_id, value, stamp)
+                    exemplars[(name, labels, index)] = (task_id, values[position], stamp)
         for (name, labels), (task_id, amount) in changes.deltas.counter_tasks.items():
             exemplars[(name, labels, -1)] = (task_id, amount, stamp)
         new_labels = list(self.guard.new)
