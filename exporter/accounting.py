@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 
+import msgspec
+
 from exporter.catalogue import (
     AGENT_BREAKDOWN,
     NANO,
@@ -36,7 +38,13 @@ def to_nano(amount: Decimal | None) -> int:
     """Credits as integer nano-credits, so that sums never drift."""
     if amount is None:
         return 0
-    return int((amount * NANO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    return int((amount * NANO).quantize(_ONE, rounding=ROUND_HALF_EVEN))
+
+
+_ONE = Decimal(1)
+
+
+_FINGERPRINT_JSON = msgspec.json.Encoder(order="sorted")
 
 
 def row_fingerprint(row: TaskUsage) -> int:
@@ -44,18 +52,15 @@ def row_fingerprint(row: TaskUsage) -> int:
     an unchanged row is recognised without folding it again (titles and the like do
     not count). Stable across processes: it is stored with the run."""
     history = row.tool_call_history
-    agents = row.agent_breakdown
-    text = repr(
+    text = _FINGERPRINT_JSON.encode(
         (
-            row.task_id, row.model, row.status, row.created_at.isoformat(),
-            row.neo_credits, row.llm_cost, row.neo_cost, row.step_count, row.tool_calls,
-            row.agent_triggers, row.llm_time_ms, row.tool_time_ms, row.total_execution_ms,
-            -1 if history is None else len(history),
-            None if agents is None else sorted(agents.items()),
+            row.task_id, row.model, row.status, row.created_at, row.neo_credits,
+            row.llm_cost, row.neo_cost, row.step_count, row.tool_calls, row.agent_triggers,
+            row.llm_time_ms, row.tool_time_ms, row.total_execution_ms,
+            -1 if history is None else len(history), row.agent_breakdown,
         )
     )  # fmt: skip
-    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big") >> 1
 
 
 @dataclass(slots=True)

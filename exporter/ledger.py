@@ -394,7 +394,8 @@ class Ledger:
             db.executemany(
                 f"INSERT OR REPLACE INTO runs ({','.join(RUN_COLUMNS)}) "  # noqa: S608
                 f"VALUES ({','.join('?' * len(RUN_COLUMNS))})",
-                [_row(state) for state in changes.runs],
+                # In key order: SQLite appends to its B-tree instead of splitting pages.
+                sorted(map(_row, changes.runs)),
             )
             db.executemany(
                 "INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
@@ -424,7 +425,7 @@ class Ledger:
                         r.status,
                         r.last_activity,
                         int(r.active),
-                        json.dumps(r.awaiting),
+                        _to_json(r.awaiting) if r.awaiting else "[]",
                         r.awaiting_since,
                         r.follow_until,
                     )
