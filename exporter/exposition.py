@@ -13,12 +13,15 @@ from prometheus_client import exposition as text_format
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics_format
 from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 EOF_LINE = b"# EOF\n"
 # The OpenMetrics writer has no annotations; this gives it the signature it has.
 _openmetrics_latest: Callable[[CollectorRegistry], bytes] = openmetrics_format.generate_latest
+# Both writers' way of writing a float (1.0, +Inf, 1.5e+07): used as it is, to match them.
+_go_float: Callable[[float], str] = floatToGoString
 
 
 # A gzip member header: deflate, no flags, mtime 0, no extra flags, unknown OS.
@@ -122,9 +125,12 @@ class Exposition:
             fresh: dict[SeriesKey, tuple[bytes, bytes]] = {}
             if stale:
                 changed = True
-                text, om = _render(_like(family, [x for key in stale for x in series[key]]))
-                text_lines = _lines(text, header_text)
-                om_lines = _lines(om, header_om)
+                stale_samples = [x for key in stale for x in series[key]]
+                lines = _sample_lines(family, stale_samples)
+                if lines is None:  # something only prometheus_client writes: let it
+                    text, om = _render(_like(family, stale_samples))
+                    lines = _lines(text, header_text), _lines(om, header_om)
+                text_lines, om_lines = lines
                 at = 0
                 for key in stale:
                     count = len(series[key])
@@ -200,6 +206,66 @@ def _lines(body: bytes, header: bytes) -> list[bytes]:
     if rest[-1]:
         raise AssertionError("a rendered family that does not end with a newline")
     return [line + b"\n" for line in rest[:-1]]
+
+
+def _escape(value: str) -> str:
+    """A label value as both writers escape it."""
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _legacy(name: str) -> bool:
+    """[a-zA-Z_][a-zA-Z0-9_]*: written as it is by both writers (OpenMetrics would
+    rewrite a ":" in a sample name, so it is left out here)."""
+    return name.isascii() and name.isidentifier()
+
+
+def _sample_lines(family: Metric, samples: list[Sample]) -> tuple[list[bytes], list[bytes]] | None:
+    """Each sample's line in the text format and in OpenMetrics, byte for byte what
+    prometheus_client writes, at a small part of its cost (it checks every character of
+    every name). None when a sample needs what only prometheus_client writes: a timestamp,
+    an OpenMetrics-only sample the text format moves, a name outside the legacy set, an
+    exemplar where OpenMetrics allows none; the caller then lets prometheus_client write.
+    """
+    moved = {family.name + suffix for suffix in ("_created", "_gsum", "_gcount")}
+    text: list[bytes] = []
+    om: list[bytes] = []
+    checked: set[tuple[str, ...]] = set()  # label name sets already found legacy
+    for sample in samples:
+        name, labels, value, exemplar = sample.name, sample.labels, sample.value, sample.exemplar
+        if (
+            sample.timestamp is not None
+            or sample.native_histogram is not None
+            or value is None
+            or name in moved
+            or not _legacy(name)
+        ):
+            return None
+        if labels:
+            names = tuple(labels)
+            if names not in checked:
+                if not all(_legacy(label) for label in names):
+                    return None
+                checked.add(names)
+            pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+            head = f"{name}{{{pairs}}} {_go_float(value)}"
+        else:
+            head = f"{name} {_go_float(value)}"
+        text.append(f"{head}\n".encode())
+        if exemplar is None:
+            om.append(text[-1])
+            continue
+        # Where OpenMetrics allows exemplars: counter totals and histogram buckets.
+        if not (
+            (family.type == "counter" and name.endswith("_total"))
+            or (family.type in ("histogram", "gaugehistogram") and name.endswith("_bucket"))
+        ):
+            return None
+        pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(exemplar.labels.items()))
+        tail = f" # {{{pairs}}} {_go_float(exemplar.value)}"
+        if exemplar.timestamp is not None:
+            tail += f" {exemplar.timestamp}"
+        om.append(f"{head}{tail}\n".encode())
+    return text, om
 
 
 def wants_openmetrics(accept: str) -> bool:

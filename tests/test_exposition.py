@@ -13,12 +13,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client import exposition as text_format
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    Exemplar,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
+from prometheus_client.samples import Sample
 
 from exporter import exposition as exposition_module
 from exporter.accounting import Observation, apply
@@ -154,10 +161,13 @@ def test_a_refresh_renders_only_what_changed_and_equals_a_whole_render(
     usage = exposition._usage
     rendered: list[str] = []
     real = text_format.generate_latest
+    lines = exposition_module._sample_lines
 
-    def counting(registry: object) -> bytes:
-        rendered.extend(family.name for family in registry.collect())  # type: ignore[attr-defined]
-        return real(registry)  # type: ignore[arg-type]
+    def counting(family: Metric, samples: list[Sample]) -> tuple[list[bytes], list[bytes]] | None:
+        rendered.append(family.name)
+        written = lines(family, samples)
+        assert written is not None, f"{family.name} left to prometheus_client"
+        return written
 
     def whole(openmetrics: bool) -> bytes:
         if openmetrics:
@@ -168,7 +178,7 @@ def test_a_refresh_renders_only_what_changed_and_equals_a_whole_render(
         registry = exposition._own
         return openmetrics_latest(registry) if openmetrics else real(registry)
 
-    monkeypatch.setattr(exposition_module.text_format, "generate_latest", counting)
+    monkeypatch.setattr(exposition_module, "_sample_lines", counting)
     exposition.refresh()  # nothing changed: nothing rendered
     assert rendered == []
     changes = PollChanges()
@@ -254,35 +264,47 @@ class _Families:
 
 
 label_values = st.text(alphabet=st.characters(codec="utf-8"), max_size=6)
+values = st.floats(allow_nan=False, width=64) | st.sampled_from([0.0, 1e6, 1.5e7, 1e22, 2**53])
+exemplars = st.none() | st.tuples(
+    label_values, st.floats(0, 1e9), st.none() | st.floats(1e9, 2e9)
+).map(lambda e: Exemplar({"task_id": e[0]}, e[1], e[2]))
 series_specs = st.lists(
-    st.tuples(label_values, label_values, st.integers(0, 5)), max_size=8, unique_by=lambda t: t[:2]
+    st.tuples(label_values, label_values, values, exemplars),
+    max_size=8,
+    unique_by=lambda t: t[:2],
 )
 
 
-@given(before=series_specs, after=series_specs)
-@settings(max_examples=60, deadline=None)
+@given(before=series_specs, after=series_specs, odd=st.sampled_from(["", "dot", "stamp"]))
+@settings(max_examples=80, deadline=None)
 def test_series_rendered_apart_join_into_the_whole_family(
-    before: list[tuple[str, str, int]], after: list[tuple[str, str, int]]
+    before: list[tuple[str, str, float, Exemplar | None]],
+    after: list[tuple[str, str, float, Exemplar | None]],
+    odd: str,
 ) -> None:
-    """Label values with quotes, backslashes and newlines, series that come, change and
-    go: what a refresh serves is always byte for byte what rendering the whole registry
-    gives, in both formats."""
+    """Label values with quotes, backslashes and newlines, any float, exemplars with and
+    without a timestamp, series that come, change and go: what a refresh serves is always
+    byte for byte what rendering the whole registry with prometheus_client gives, in both
+    formats. A family only prometheus_client can write (a label name outside the legacy
+    set, a sample with a timestamp) is left to it, with the same result."""
     disable_created_metrics()
     source = _Families()
     usage = CollectorRegistry(auto_describe=False)
     usage.register(source)  # type: ignore[arg-type]
     exposition = Exposition(usage, CollectorRegistry(auto_describe=False))
 
-    def families(spec: list[tuple[str, str, int]]) -> list[object]:
+    def families(spec: list[tuple[str, str, float, Exemplar | None]]) -> list[object]:
         counter = CounterMetricFamily("x_spent", "Spent.\nIn total.", labels=["a", "b"])
         gauge = GaugeMetricFamily("x_open", 'Open "now".', labels=["a", "b"])
         hist = HistogramMetricFamily("x_seconds", "Durations.", labels=["a", "b"])
-        for a, b, n in spec:
-            counter.add_metric([a, b], n * 0.25)
-            gauge.add_metric([a, b], n)
-            buckets = [("0.5", float(n)), ("+Inf", float(n + 1))]
-            hist.add_metric([a, b], buckets, n * 1.5)  # type: ignore[arg-type]
-        return [counter, gauge, hist]
+        extra = GaugeMetricFamily("x_odd", "Odd.", labels=["a.b" if odd == "dot" else "c"])
+        for a, b, value, exemplar in spec:
+            counter.add_metric([a, b], abs(value), exemplar=exemplar)
+            gauge.add_metric([a, b], value, timestamp=1.5e9 if odd == "stamp" else None)
+            buckets = [("0.5", 1.0, exemplar), ("+Inf", 2.0)] if exemplar else [("+Inf", 0.0)]
+            hist.add_metric([a, b], buckets, abs(value))  # type: ignore[arg-type]
+            extra.add_metric([a + b], value)
+        return [counter, gauge, hist, extra]
 
     for spec in (before, after, before):
         source.families = families(spec)
