@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import sys
+from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 
@@ -19,7 +21,7 @@ from exporter.catalogue import (
     RUNS,
     TOOL_DURATION,
 )
-from exporter.models import TaskUsage, ToolCall
+from exporter.models import TaskUsage
 
 # Usage statuses are documented as terminal; anything that sounds like work in
 # progress is not, and every other (unknown) value is treated as final.
@@ -102,15 +104,19 @@ class Observation:
     status: str
     values: dict[str, int]
     agents: dict[str, int]
-    history: list[ToolCall]  # the row's tool_call_history, as validated
+    # The row's tool_call_history as columns, a few bytes a call: a first poll holds a
+    # whole window's rows, with dozens of calls each. Tool names are shared strings.
+    tools: list[str]
+    durations: array[int]  # milliseconds, typecode "q"
+    # Each call's index (its position when it has none); None when every index equals
+    # its position (the usual case), so that new calls are a tail.
+    indices: list[int] | None = None
     fingerprint: int | None = None
-    # Every call's index equals its position (the usual case): new calls are a tail.
-    in_order: bool = True
 
     @classmethod
     def from_row(cls, row: TaskUsage, fingerprint: int | None = None) -> Observation:
-        history = row.tool_call_history or []
-        in_order = [call.index for call in history] == list(range(len(history)))
+        history = row.tool_call_history or ()
+        indices = [p if c.index is None else c.index for p, c in enumerate(history)]
         return cls(
             stream_id=row.stream_id or f"task:{row.task_id}",
             task_id=row.task_id,
@@ -135,9 +141,10 @@ class Observation:
                 if value is not None
             },
             agents=dict(row.agent_breakdown or {}),
-            history=history,
+            tools=[_tool_name(call.tool_name) for call in history],
+            durations=array("q", [call.duration_ms for call in history]),
+            indices=None if indices == list(range(len(indices))) else indices,
             fingerprint=fingerprint,
-            in_order=in_order,
         )
 
     @property
@@ -188,7 +195,7 @@ class Observed:
     """One histogram series' observations in a poll, and the task behind each stretch of
     them (the task is the exemplar of the bucket an observation lands in)."""
 
-    values: list[int] = field(default_factory=list)
+    values: array[int] = field(default_factory=lambda: array("q"))  # 8 bytes a value
     ends: list[int] = field(default_factory=list)  # where each task's stretch ends in values
     tasks: list[str] = field(default_factory=list)
 
@@ -224,7 +231,7 @@ class Deltas:
         series = self.observed.get((name, labels))
         if series is None:
             series = self.observed[(name, labels)] = Observed()
-        series.values += values
+        series.values.extend(values)
         series.ends.append(len(series.values))
         series.tasks.append(task_id)
 
@@ -238,25 +245,28 @@ class Deltas:
         ]
 
 
-def _new_calls(ranges: Ranges, obs: Observation) -> list[ToolCall]:
-    """The calls of ``obs`` not yet counted; marks them counted in ``ranges``.
+def _new_calls(ranges: Ranges, obs: Observation) -> tuple[list[str], Sequence[int]]:
+    """The tools and durations of the calls of ``obs`` not yet counted; marks them
+    counted in ``ranges``.
 
     The usual history is indexed 0..n-1 and only grows at the end: then the new calls
     are the tail past what was counted, found without looking at each call.
     """
-    history = obs.history
-    if obs.in_order and (not ranges or (len(ranges) == 1 and ranges[0][0] == 0)):
+    size = len(obs.tools)
+    if obs.indices is None and (not ranges or (len(ranges) == 1 and ranges[0][0] == 0)):
         counted = ranges[0][1] if ranges else 0
-        if len(history) <= counted:
-            return []
-        ranges[:] = [[0, len(history)]]
-        return history[counted:]
-    fresh = []
-    for position, call in enumerate(history):
-        index = call.index
-        if _mark(ranges, position if index is None else index):
-            fresh.append(call)
-    return fresh
+        if size <= counted:
+            return [], ()
+        ranges[:] = [[0, size]]
+        return obs.tools[counted:], obs.durations[counted:]
+    indices = obs.indices if obs.indices is not None else range(size)
+    fresh = [position for position, index in enumerate(indices) if _mark(ranges, index)]
+    return [obs.tools[p] for p in fresh], [obs.durations[p] for p in fresh]
+
+
+def _tool_name(name: str | None) -> str:
+    """One shared string per tool name, however many calls name it."""
+    return sys.intern(name) if name else "unknown"
 
 
 def _mark(ranges: Ranges, index: int) -> bool:
@@ -321,16 +331,15 @@ def apply(
             deltas.decreased_runs.append((obs.task_id, obs.stream_id, "agent_breakdown"))
     if silent:
         state.uncounted = {name: getattr(state, name) for name in VALUE_FIELDS}
-    fresh = _new_calls(state.tools_seen, obs)
-    if fresh and not silent:
+    tools, durations = _new_calls(state.tools_seen, obs)
+    if tools and not silent:
         by_tool: dict[str, list[int]] = {}
-        for call in fresh:
-            tool = call.tool_name or "unknown"
-            durations = by_tool.get(tool)
-            if durations is None:
-                by_tool[tool] = [call.duration_ms]
+        for tool, duration in zip(tools, durations, strict=True):
+            found = by_tool.get(tool)
+            if found is None:
+                by_tool[tool] = [duration]
             else:
-                durations.append(call.duration_ms)
+                found.append(duration)
         for tool, durations in by_tool.items():
             tool_labels = (model, guard.admit("tool", tool))
             deltas.observe_many(TOOL_DURATION.name, tool_labels, durations, obs.task_id)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import httpx
 import msgspec
@@ -55,6 +55,7 @@ SUMMARY = "/api/v1/usage/summary"
 CREDITS = "/api/v1/billing/credits"
 
 M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R")
 RequestObserver = Callable[[str, str], None]
 
 
@@ -81,10 +82,12 @@ class InvalidRow:
 
 
 @dataclass
-class Listing:
-    """All rows of a paged usage list, de-duplicated, plus what had to be skipped."""
+class Listing(Generic[R]):
+    """All rows of a paged usage list, de-duplicated, plus what had to be skipped.
 
-    rows: list[TaskUsage] = field(default_factory=list)
+    ``rows`` holds each row as the caller's ``convert`` made it (by default the row)."""
+
+    rows: list[R] = field(default_factory=list)
     invalid: list[InvalidRow] = field(default_factory=list)
     fingerprints: dict[str, int | None] = field(default_factory=dict)
     unchanged: set[str] = field(default_factory=set)
@@ -209,13 +212,30 @@ class NeoClient:
         task_id: str | None = None,
         fingerprint: Fingerprint | None = None,
         known: Mapping[str, int | None] | None = None,
-    ) -> Listing:
+    ) -> Listing[TaskUsage]:
         """Every per-stream usage row in [since, until), or of one task.
 
         With ``fingerprint`` and ``known`` (stream id -> fingerprint of the row last
-        counted), rows that have not changed are only noted in ``Listing.unchanged``:
-        they are not validated, which keeps a poll's cost in what changed.
+        counted), rows that have not changed are only noted in ``Listing.unchanged``,
+        which keeps a poll's cost in what changed.
         """
+        return self.read_stream_usage(
+            _as_is, since=since, until=until, task_id=task_id, fingerprint=fingerprint, known=known
+        )
+
+    def read_stream_usage(
+        self,
+        convert: Callable[[TaskUsage, int | None], R],
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        task_id: str | None = None,
+        fingerprint: Fingerprint | None = None,
+        known: Mapping[str, int | None] | None = None,
+    ) -> Listing[R]:
+        """``list_stream_usage``, with each new or changed row handed to ``convert``
+        (with its fingerprint) as soon as its page is decoded: a large listing then holds
+        only what ``convert`` keeps, not every decoded row."""
         params: dict[str, str] = {}
         if since is not None:
             params["from"] = _iso(since)
@@ -223,12 +243,14 @@ class NeoClient:
             params["to"] = _iso(until)
         if task_id is not None:
             params["task_id"] = task_id
-        return self._list(STREAMS, params, key=lambda r: r.stream_id, fp=fingerprint, known=known)
+        return self._list(
+            STREAMS, params, convert, key=lambda r: r.stream_id, fp=fingerprint, known=known
+        )
 
-    def list_task_usage(self, *, since: datetime | None = None) -> Listing:
+    def list_task_usage(self, *, since: datetime | None = None) -> Listing[TaskUsage]:
         """Every per-task aggregate row created since ``since``."""
         params = {"from": _iso(since)} if since is not None else {}
-        return self._list(TASK_USAGES, params, key=lambda r: r.task_id)
+        return self._list(TASK_USAGES, params, _as_is, key=lambda r: r.task_id)
 
     def get_task_usage(self, task_id: str) -> TaskUsage:
         body = self._get(TASK_USAGE, f"/api/v1/usage/tasks/{_quote(task_id)}")
@@ -285,11 +307,12 @@ class NeoClient:
         self,
         endpoint: str,
         params: dict[str, str],
+        convert: Callable[[TaskUsage, int | None], R],
         key: Callable[[TaskUsage], str | None],
         fp: Fingerprint | None = None,
         known: Mapping[str, int | None] | None = None,
-    ) -> Listing:
-        listing = Listing()
+    ) -> Listing[R]:
+        listing: Listing[R] = Listing()
         seen: dict[str, int] = {}
         for page in self._pages(endpoint, params):
             listing.pages += 1
@@ -312,11 +335,11 @@ class NeoClient:
                 if ident in seen:
                     # Rows shift down while we page; keep the later (never older) copy.
                     listing.duplicates += 1
-                    listing.rows[seen[ident]] = row
+                    listing.rows[seen[ident]] = convert(row, digest)
                     listing.fingerprints[ident] = digest
                     continue
                 seen[ident] = len(listing.rows)
-                listing.rows.append(row)
+                listing.rows.append(convert(row, digest))
                 listing.fingerprints[ident] = digest
         return listing
 
@@ -433,7 +456,11 @@ def _quote(value: str) -> str:
     return httpx.URL("/").copy_with(path="/" + value).raw_path.decode()[1:].replace("/", "%2F")
 
 
-def _validate_row(raw: Any, endpoint: str, listing: Listing) -> TaskUsage | None:
+def _as_is(row: TaskUsage, fingerprint: int | None) -> TaskUsage:
+    return row
+
+
+def _validate_row(raw: Any, endpoint: str, listing: Listing[Any]) -> TaskUsage | None:
     """A row from its own JSON text (a page that failed whole) or decoded JSON."""
     try:
         return decode_usage(raw) if isinstance(raw, msgspec.Raw) else read_usage(raw)

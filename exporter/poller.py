@@ -26,7 +26,7 @@ from exporter.accounting import (
 from exporter.client import Listing, NeoClient
 from exporter.errors import ApiError, ExporterError, NotFound
 from exporter.ledger import Ledger, PollChanges, TaskRecord
-from exporter.models import TaskDetails, TaskInfo, TaskUsage
+from exporter.models import TaskDetails, TaskInfo
 from exporter.selfmetrics import SelfMetrics
 
 log = structlog.get_logger(__name__)
@@ -188,10 +188,14 @@ class Poller:
             since = max(since, last - RECENT_WINDOW)
         report = PollReport(full_listing=full)
         known = self.ledger.fingerprints
-        listing = self.client.list_stream_usage(
-            since=datetime.fromtimestamp(since, UTC), fingerprint=row_fingerprint, known=known
+        # Rows become observations page by page: a first poll holds a whole window.
+        listing = self.client.read_stream_usage(
+            Observation.from_row,
+            since=datetime.fromtimestamp(since, UTC),
+            fingerprint=row_fingerprint,
+            known=known,
         )
-        rows: dict[str, tuple[TaskUsage, int | None]] = {}
+        rows: dict[str, Observation] = {}
         self._take(listing, rows, report)
         # listed_at is the last listing of the whole window: an outage reaches back from it.
         changes = PollChanges(meta={"recent_at": repr(stamp)})
@@ -225,7 +229,10 @@ class Poller:
         return report
 
     def _take(
-        self, listing: Listing, rows: dict[str, tuple[TaskUsage, int | None]], report: PollReport
+        self,
+        listing: Listing[Observation],
+        rows: dict[str, Observation],
+        report: PollReport,
     ) -> None:
         report.pages += listing.pages
         report.unchanged += len(listing.unchanged)
@@ -234,11 +241,11 @@ class Poller:
             report.invalid_rows += 1
             report.warnings.append(f"{bad.task_id}: {bad.reason}")
         for row in listing.rows:
-            key = row.stream_id or ""
+            key = row.stream_id
             held = rows.get(key)
             # Seen twice (two endpoints, shifting pages): keep the copy that says more.
-            if held is None or _volume(row) >= _volume(held[0]):
-                rows[key] = (row, listing.fingerprints.get(key))
+            if held is None or _volume(row) >= _volume(held):
+                rows[key] = row
 
     def _fetch_all(self, fn: Callable[[str], T], ids: Iterable[str]) -> dict[str, T | ApiError]:
         futures = {task_id: self._pool.submit(fn, task_id) for task_id in ids}
@@ -266,14 +273,17 @@ class Poller:
             else:
                 details[task_id] = result
 
-    def _task_streams(self, task_id: str) -> Listing:
-        return self.client.list_stream_usage(
-            task_id=task_id, fingerprint=row_fingerprint, known=self.ledger.fingerprints
+    def _task_streams(self, task_id: str) -> Listing[Observation]:
+        return self.client.read_stream_usage(
+            Observation.from_row,
+            task_id=task_id,
+            fingerprint=row_fingerprint,
+            known=self.ledger.fingerprints,
         )
 
     def _poll_pinned(
         self,
-        rows: dict[str, tuple[TaskUsage, int | None]],
+        rows: dict[str, Observation],
         report: PollReport,
         changes: PollChanges,
     ) -> None:
@@ -311,7 +321,7 @@ class Poller:
 
     def _poll_live_tasks(
         self,
-        rows: dict[str, tuple[TaskUsage, int | None]],
+        rows: dict[str, Observation],
         report: PollReport,
         details: dict[str, TaskDetails],
         gone: set[str],
@@ -327,7 +337,7 @@ class Poller:
         tasks = self.ledger.tasks
         live = {t for t in self.ledger.flagged if tasks[t].active}
         # Running rows reveal teammates' tasks too, which the task list never shows.
-        live |= {row.task_id for row, _ in rows.values() if row.status.lower() in NON_TERMINAL}
+        live |= {row.task_id for row in rows.values() if row.status in NON_TERMINAL}
         listed: dict[str, TaskInfo] = {}
         complete = self._task_list_supported
         if complete:
@@ -352,7 +362,7 @@ class Poller:
 
     def _fetch_awaited(
         self,
-        rows: dict[str, tuple[TaskUsage, int | None]],
+        rows: dict[str, Observation],
         baseline: float,
         details: dict[str, TaskDetails],
         report: PollReport,
@@ -382,7 +392,7 @@ class Poller:
                 awaited[task_id] = (held | ended, since)
         wanted = {stream for ids, _ in awaited.values() for stream in ids}
         done = {s for s, state in self.ledger.load_runs(wanted).items() if state.finished}
-        done |= {s for s in wanted & rows.keys() if rows[s][0].status.lower() not in NON_TERMINAL}
+        done |= {s for s in wanted & rows.keys() if rows[s].status not in NON_TERMINAL}
         fetch = {t for t, (ids, _) in awaited.items() if ids - done}
         fetch |= {t for t, r in flagged if r.follow_until > now.timestamp()}
         for task_id, listing in self._fetch_all(self._task_streams, sorted(fetch - gone)).items():
@@ -447,7 +457,7 @@ class Poller:
 
     def _resolve_old_streams(
         self,
-        rows: dict[str, tuple[TaskUsage, int | None]],
+        rows: dict[str, Observation],
         baseline: float,
         details: dict[str, TaskDetails],
         report: PollReport,
@@ -456,14 +466,14 @@ class Poller:
         ask the task for the stream's own start before treating it as history."""
         doubtful = {
             row.task_id
-            for key, (row, _) in rows.items()
-            if key not in self.ledger.fingerprints and row.created_at.timestamp() < baseline
+            for key, row in rows.items()
+            if key not in self.ledger.fingerprints and row.started_at < baseline
         } - set(details)
         self._fetch_details(doubtful, details, report)
 
     def _fold(
         self,
-        rows: dict[str, tuple[TaskUsage, int | None]],
+        rows: dict[str, Observation],
         baseline: float,
         details: dict[str, TaskDetails],
         listed: dict[str, TaskInfo],
@@ -481,8 +491,7 @@ class Poller:
         states = self.ledger.load_runs(rows)
         deltas = changes.deltas
         tasks: dict[str, TaskRecord] = {}
-        for key, (row, digest) in rows.items():
-            obs = Observation.from_row(row, digest)
+        for key, obs in rows.items():
             started = starts.get(key, obs.started_at)
             obs.started_at = started
             old = states.get(key)
@@ -496,10 +505,10 @@ class Poller:
             changes.runs.append(state)
             if state.finished and (old is None or not old.finished):
                 ended.append(state)
-            prior = tasks.get(row.task_id) or self.ledger.tasks.get(row.task_id)
+            prior = tasks.get(obs.task_id) or self.ledger.tasks.get(obs.task_id)
             if prior is None or started >= prior.last_activity:
                 status = DETAILS_STATUS.get(obs.status, obs.status)
-                tasks[row.task_id] = TaskRecord(
+                tasks[obs.task_id] = TaskRecord(
                     obs.model, status, started, active=status in LIVE_TASK_STATUSES
                 )
         infos = [*listed.items(), *((t, d.task) for t, d in details.items())]
@@ -539,11 +548,12 @@ class Poller:
         log.warning(event, task_id=task_id, reason=exc.reason, error=str(exc))
 
 
-def _volume(row: TaskUsage) -> tuple[int, int, int, int, int]:
+def _volume(row: Observation) -> tuple[int, int, int, int, int]:
+    values = row.values
     return (
-        to_nano(row.neo_credits),
-        row.step_count,
-        row.tool_calls,
-        len(row.tool_call_history or ()),
-        row.total_execution_ms or 0,
+        values.get("credits", 0),
+        values.get("steps", 0),
+        values.get("tool_calls", 0),
+        len(row.tools),
+        values.get("exec_ms", 0),
     )

@@ -188,3 +188,39 @@ def test_a_null_amount_is_not_reported_rather_than_zero() -> None:
     state, deltas = fold(state, observe(neo_credits=2, total_execution_ms=6500))
     assert deltas.counters[("neo_credits_total", LABELS)] == 750_000_000
     assert deltas.counters[("neo_execution_time_seconds_total", LABELS)] == 500
+
+
+calls = st.lists(
+    st.tuples(st.none() | st.integers(0, 12), st.sampled_from(["bash", "grep", None])),
+    max_size=12,
+)
+
+
+@given(st.lists(calls, min_size=1, max_size=6))
+def test_each_tool_call_is_observed_once_however_histories_arrive(
+    snapshots: list[list[tuple[int | None, str | None]]],
+) -> None:
+    """Histories that grow at the end, come shuffled, repeat or lack indices: every call
+    (its index, or its position without one) is observed once, under its tool, with the
+    duration it had when first seen."""
+    state: RunState | None = None
+    seen: dict[int, tuple[str, int]] = {}
+    observed: list[tuple[str, int]] = []
+    for number, snapshot in enumerate(snapshots):
+        history = []
+        for position, (index, tool) in enumerate(snapshot):
+            duration = 1000 * number + position  # tells which sighting was counted
+            call: dict[str, object] = {"tool_name": tool, "duration_ms": duration}
+            if index is not None:
+                call["index"] = index
+            history.append(call)
+            seen.setdefault(position if index is None else index, (tool or "unknown", duration))
+        state, deltas = fold(state, observe(tool_call_history=history, status="running"))
+        observed += [
+            (labels[1], value)
+            for name, labels, value in deltas.observations
+            if name == "neo_tool_call_duration_seconds"
+        ]
+    assert sorted(observed) == sorted(seen.values())
+    assert state is not None
+    assert {i for start, end in state.tools_seen for i in range(start, end)} == set(seen)
