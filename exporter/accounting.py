@@ -9,6 +9,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
+from operator import attrgetter
 
 import msgspec
 
@@ -30,6 +31,10 @@ NON_TERMINAL = frozenset(
 )
 VALUE_FIELDS = tuple(RUN_COUNTERS)  # credits, steps, tool_calls, ...
 COUNTER_NAMES = {name: spec.name for name, spec in RUN_COUNTERS.items()}
+# A tool call's fields, read in C over a whole history.
+_INDEX = attrgetter("index")
+_TOOL_NAME = attrgetter("tool_name")
+_DURATION = attrgetter("duration_ms")
 GUARDED_LABELS = ("model", "status", "tool", "agent")  # capped by LabelGuard
 
 EXEMPLAR_COUNTERS = frozenset({RUN_COUNTERS["credits"].name})
@@ -116,7 +121,12 @@ class Observation:
     @classmethod
     def from_row(cls, row: TaskUsage, fingerprint: int | None = None) -> Observation:
         history = row.tool_call_history or ()
-        indices = [p if c.index is None else c.index for p, c in enumerate(history)]
+        indices: list[int | None] | None = list(map(_INDEX, history))
+        if indices == list(range(len(history))):
+            indices = None  # the usual case
+        names: list[str | None] = list(map(_TOOL_NAME, history))
+        if None in names or "" in names:
+            names = [name or "unknown" for name in names]
         return cls(
             stream_id=row.stream_id or f"task:{row.task_id}",
             task_id=row.task_id,
@@ -141,9 +151,11 @@ class Observation:
                 if value is not None
             },
             agents=dict(row.agent_breakdown or {}),
-            tools=[_tool_name(call.tool_name) for call in history],
-            durations=array("q", [call.duration_ms for call in history]),
-            indices=None if indices == list(range(len(indices))) else indices,
+            tools=list(map(sys.intern, names)),  # type: ignore[arg-type]
+            durations=array("q", map(_DURATION, history)),
+            indices=None
+            if indices is None
+            else [p if i is None else i for p, i in enumerate(indices)],
             fingerprint=fingerprint,
         )
 
@@ -262,11 +274,6 @@ def _new_calls(ranges: Ranges, obs: Observation) -> tuple[list[str], Sequence[in
     indices = obs.indices if obs.indices is not None else range(size)
     fresh = [position for position, index in enumerate(indices) if _mark(ranges, index)]
     return [obs.tools[p] for p in fresh], [obs.durations[p] for p in fresh]
-
-
-def _tool_name(name: str | None) -> str:
-    """One shared string per tool name, however many calls name it."""
-    return sys.intern(name) if name else "unknown"
 
 
 def _mark(ranges: Ranges, index: int) -> bool:
