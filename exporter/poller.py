@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -167,6 +169,10 @@ class Poller:
     # -- one poll ---------------------------------------------------------------
 
     def poll_once(self) -> PollReport:
+        with _cycle_collector_paused():
+            return self._poll_once()
+
+    def _poll_once(self) -> PollReport:
         self.ledger.load_index()  # a no-op once loaded
         now = self.clock()
         meta = self.ledger.meta
@@ -546,6 +552,26 @@ class Poller:
         report.warnings.append(f"{task_id}: {exc}")
         event = "task_not_found" if isinstance(exc, NotFound) else "task_fetch_failed"
         log.warning(event, task_id=task_id, reason=exc.reason, error=str(exc))
+
+
+@contextlib.contextmanager
+def _cycle_collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a poll runs.
+
+    A poll builds objects that all live until its commit (a first poll: a whole window's
+    observations), and the collector, triggered by those allocations, would walk them
+    again and again for nothing: about a tenth of a first poll's CPU. What a poll drops
+    holds no reference cycles and is freed by reference counting as before; whatever
+    cycles appear meanwhile (in any thread) wait for the collector's next run.
+    """
+    if not gc.isenabled():  # paused by someone else: theirs to resume
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _volume(row: Observation) -> tuple[int, int, int, int, int]:

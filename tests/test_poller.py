@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ import pytest
 from exporter import poller as poller_module
 from exporter.account import AccountReader
 from exporter.client import NeoClient, RetryPolicy
+from exporter.errors import ExporterError
 from exporter.ledger import Ledger
 from exporter.poller import ACCOUNT_INTERVAL, FULL_LIST_INTERVAL, Poller
 from exporter.selfmetrics import SelfMetrics
@@ -306,3 +308,29 @@ def test_partial_listings_count_every_run_once_by_the_next_full_one(tmp_path: Pa
         assert poller.poll_once().full_listing
         truth.after_poll(rig.ledger)  # type: ignore[arg-type]
         assert_exact(rig, truth)
+
+
+def test_the_cycle_collector_is_paused_for_a_poll_and_resumed_however_it_ends(rig: Rig) -> None:
+    """A poll runs without cyclic garbage collection (its objects live until the commit)
+    and hands the collector back enabled, after a failed poll too; a collector that was
+    already off stays off."""
+    poller = rig.open()
+    during: list[bool] = []
+    poller.on_commit = lambda: during.append(gc.isenabled())
+    assert gc.isenabled()
+    poller.poll_once()
+    assert during == [False]
+    assert gc.isenabled()
+    rig.api.faults.error_rate = 1.0  # every request fails, retries too: the poll raises
+    with pytest.raises(ExporterError):
+        poller.poll_once()
+    assert during == [False]  # it never reached its commit
+    assert gc.isenabled()
+    rig.api.faults.error_rate = 0.0
+    gc.disable()
+    try:
+        poller.poll_once()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    assert during == [False, False]
