@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 
 from prometheus_client.core import (
@@ -37,6 +38,47 @@ TASK_STATUSES = frozenset(
 IN_FLIGHT = ("active", "pending", "suspended")
 
 
+class TasksInView:
+    """The tasks that neo_tasks counts: live, pinned, or last active within the lookback.
+
+    The ledger keeps every task it ever saw; walking them all on each refresh would make
+    a poll's cost grow with the exporter's age. A task out of view comes back only when a
+    commit writes it (the window's edge only moves on), so each count looks at the tasks
+    in view at the last count and those written since. Refreshes run one at a time, on
+    the thread that commits or before polling starts.
+    """
+
+    def __init__(self, ledger: Ledger, pinned: Iterable[str]) -> None:
+        self._ledger = ledger
+        self._pinned = frozenset(pinned)
+        self._lock = threading.Lock()
+        self._seen: set[str] = set()
+        self._loads = -1  # the ledger's tasks_loads when the view was last built whole
+        self._horizon = float("-inf")
+
+    def count(self, horizon: float) -> Counter[tuple[str, str]]:
+        """Tasks in view at ``horizon`` (unix time), by (model, status)."""
+        ledger = self._ledger
+        tasks = ledger.tasks
+        with self._lock:
+            touched, ledger.tasks_touched = ledger.tasks_touched, set()
+            if ledger.tasks_loads != self._loads or horizon < self._horizon:
+                # Loaded anew, or the clock went back: tasks may have come into view.
+                self._loads = ledger.tasks_loads
+                candidates: Iterable[str] = tasks
+            else:
+                candidates = self._seen | touched
+            self._horizon = horizon
+            pinned = self._pinned
+            self._seen = {
+                task_id
+                for task_id in candidates
+                if (record := tasks.get(task_id)) is not None
+                and (record.active or record.last_activity >= horizon or task_id in pinned)
+            }
+            return Counter((tasks[t].model, tasks[t].status) for t in self._seen)
+
+
 class UsageCollector:
     """Yields the usage families from the ledger, for example::
 
@@ -64,6 +106,7 @@ class UsageCollector:
         self.lookback = lookback
         self.pinned = pinned
         self.clock = clock
+        self._in_view = TasksInView(ledger, pinned)
 
     def collect(self) -> Iterator[Metric]:
         yield from self._counters()
@@ -118,13 +161,7 @@ class UsageCollector:
         return Exemplar({"task_id": task_id[: 128 - len("task_id")]}, value / spec.scale, stamp)
 
     def _tasks(self) -> Iterator[Metric]:
-        horizon = self.clock().timestamp() - self.lookback
-        pinned = set(self.pinned)
-        raw = Counter(
-            (record.model, record.status)
-            for task_id, record in self.ledger.tasks.items()
-            if record.active or record.last_activity >= horizon or task_id in pinned
-        )
+        raw = self._in_view.count(self.clock().timestamp() - self.lookback)
         # Label values go through the guard once per distinct pair, not once per task.
         counts: dict[tuple[str, str], int] = {}
         guard = self.ledger.guard

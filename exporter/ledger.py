@@ -183,6 +183,10 @@ class Ledger:
         # Tasks that are live, awaited or followed: what a poll reads by ID. Kept beside
         # ``tasks`` so that a poll never walks every task the ledger ever saw.
         self.flagged: set[str] = set()
+        # Tasks written since the collector last looked, and how often ``tasks`` was
+        # loaded whole: what lets neo_tasks follow changes instead of walking every task.
+        self.tasks_touched: set[str] = set()
+        self.tasks_loads = 0
         # Latest (task_id, value in stored units, unix time) per counter series or
         # histogram bucket; kept in memory only, as exemplars are samples, not totals.
         self.exemplars: dict[tuple[str, Labels, int], tuple[str, int, float]] = {}
@@ -318,6 +322,7 @@ class Ledger:
             if self.tasks[task_id].flagged:
                 self.flagged.add(task_id)
         self.fingerprints = dict(db.execute("SELECT stream_id, fingerprint FROM runs").fetchall())
+        self.tasks_loads += 1
         self.index_loaded = True
 
     def _label_values(self) -> Iterable[tuple[str, str]]:
@@ -445,6 +450,7 @@ class Ledger:
         self.histograms.update(histograms)
         self.exemplars.update(exemplars)
         self.tasks.update(changes.tasks)
+        self.tasks_touched.update(changes.tasks)
         for task_id, record in changes.tasks.items():
             if record.flagged:
                 self.flagged.add(task_id)

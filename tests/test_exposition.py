@@ -5,8 +5,11 @@ from __future__ import annotations
 import gzip
 import shutil
 import subprocess
+import tempfile
 import zlib
+from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -29,12 +32,12 @@ from prometheus_client.samples import Sample
 
 from exporter import exposition as exposition_module
 from exporter.accounting import Observation, apply
-from exporter.collector import UsageCollector
+from exporter.collector import TasksInView, UsageCollector
 from exporter.exposition import Exposition, accepts_gzip, wants_openmetrics
 from exporter.ledger import Ledger, PollChanges, TaskRecord
 from exporter.models import read_usage
 from exporter.selfmetrics import SelfMetrics
-from tests.conftest import usage_row
+from tests.conftest import BUCKETS, usage_row
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 
@@ -313,3 +316,66 @@ def test_series_rendered_apart_join_into_the_whole_family(
             0
         ] == text_format.generate_latest(usage)
         assert exposition.render(openmetrics=True, compress=False)[0] == openmetrics_latest(usage)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(
+                st.just("write"),
+                st.dictionaries(
+                    st.sampled_from([f"task-{n}" for n in range(12)]),
+                    st.tuples(
+                        st.sampled_from(["gpt-5", "sonnet-4.6"]),
+                        st.sampled_from(["active", "completed", "error"]),
+                        st.integers(-200, 200),  # last activity, seconds from the clock
+                        st.booleans(),
+                    ),
+                    max_size=5,
+                ),
+            ),
+            st.tuples(st.just("clock"), st.integers(-150, 300)),  # may go back
+            st.tuples(st.just("reload"), st.none()),
+        ),
+        max_size=25,
+    ),
+    pinned=st.sets(st.sampled_from([f"task-{n}" for n in range(14)]), max_size=3),
+)
+def test_tasks_in_view_equal_a_walk_over_every_task(
+    steps: list[tuple[str, object]], pinned: set[str]
+) -> None:
+    """neo_tasks follows commits and the window's edge instead of walking the ledger's
+    every task: after any writes, clock moves (back too) and reloads it counts exactly
+    what a walk over all tasks counts."""
+    lookback = 100.0
+    now = NOW.timestamp()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "state.db"
+        ledger = Ledger(path, buckets=BUCKETS, max_label_values=100)
+        try:
+            view = TasksInView(ledger, pinned)
+            for kind, arg in steps:
+                if kind == "write":
+                    tasks = {
+                        task_id: TaskRecord(model, status, now + offset, active=active)
+                        for task_id, (model, status, offset, active) in arg.items()  # type: ignore[attr-defined]
+                    }
+                    ledger.commit(PollChanges(tasks=tasks))
+                elif kind == "clock":
+                    now += arg  # type: ignore[operator]
+                else:  # a restart: the daemon counts before and after the tasks load
+                    ledger.close()
+                    ledger = Ledger(path, buckets=BUCKETS, max_label_values=100, defer_index=True)
+                    view = TasksInView(ledger, pinned)
+                    assert view.count(now - lookback) == Counter()
+                    ledger.load_index()
+                horizon = now - lookback
+                walked = Counter(
+                    (record.model, record.status)
+                    for task_id, record in ledger.tasks.items()
+                    if record.active or record.last_activity >= horizon or task_id in pinned
+                )
+                assert view.count(horizon) == walked
+        finally:
+            ledger.close()
