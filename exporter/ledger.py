@@ -321,7 +321,7 @@ class Ledger:
             )
             if self.tasks[task_id].flagged:
                 self.flagged.add(task_id)
-        self.fingerprints = dict(db.execute("SELECT stream_id, fingerprint FROM runs").fetchall())
+        self.fingerprints = dict(db.execute("SELECT stream_id, fingerprint FROM runs"))
         self.tasks_loads += 1
         self.index_loaded = True
 
