@@ -183,7 +183,7 @@ class Exporter:
         )
 
     def _poll_loop(self) -> None:
-        self.ledger.load_index()
+        self.poller.load_index()
         self.exposition.refresh()  # now with the task gauges
         self.metrics.ledger_runs.set(self.ledger.run_count)
         self.poller.run(

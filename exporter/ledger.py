@@ -8,7 +8,7 @@ import sqlite3
 import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
@@ -75,6 +75,8 @@ MIGRATIONS = {
     )
 }
 Labels = tuple[str, ...]
+# Runs are evicted from memory by start, this many seconds of starts at a time.
+EVICT_BUCKET = 600
 
 
 @dataclass
@@ -144,6 +146,12 @@ def _to_json(value: object) -> str:
     return _ENCODER.encode(value).decode()
 
 
+def _cold(task_id: str, record: TaskRecord, before: float, keep: Collection[str]) -> bool:
+    """A task that memory can do without: neither live, awaited nor followed, last
+    active before ``before``, and not in ``keep``."""
+    return record.last_activity < before and not record.flagged and task_id not in keep
+
+
 def _state(row: sqlite3.Row) -> RunState:
     return RunState(
         stream_id=row["stream_id"], task_id=row["task_id"], started_at=row["started_at"],
@@ -190,7 +198,13 @@ class Ledger:
         # Latest (task_id, value in stored units, unix time) per counter series or
         # histogram bucket; kept in memory only, as exemplars are samples, not totals.
         self.exemplars: dict[tuple[str, Labels, int], tuple[str, int, float]] = {}
+        # Runs in memory: their fingerprints, and their ids by start (EVICT_BUCKET apart)
+        # for eviction. Every run stays in the file; an old one leaves memory (see evict).
         self.fingerprints: dict[str, int | None] = {}
+        self._by_start: dict[int, list[str]] = {}
+        self.run_total = 0  # runs in the file
+        # Some runs or tasks are only in the file: reads that miss memory ask the file.
+        self.partial = False
         self.meta: dict[str, str] = {}
         self._db = self._connect()
         self._load()
@@ -291,14 +305,16 @@ class Ledger:
                 log.warning("histogram_buckets_kept", metric=name, stored=stored)
             hist = Histogram(stored, self._scales.get(name, 1), json.loads(buckets), total, count)
             self.histograms[(name, tuple(json.loads(labels)))] = hist
+        self.run_total = db.execute("SELECT count(*) FROM runs").fetchone()[0]
         if not self._defer_index:
             self.load_index()
 
-    def load_index(self) -> None:
+    def load_index(self, hot_since: float | None = None, keep: Collection[str] = ()) -> None:
         """Tasks and per-run fingerprints: what polling needs, not what serving needs.
 
         The daemon defers this to its poller thread, so that the restored totals are
-        served before it is read; everything else loads it at once.
+        served before it is read; everything else loads it at once. With ``hot_since``
+        (unix time), only what ``evict(hot_since, keep)`` would keep is loaded.
         """
         if self.index_loaded:
             return
@@ -310,20 +326,52 @@ class Ledger:
             "follow_until FROM tasks"
         ):
             waiting = () if awaiting == "[]" else tuple(json.loads(awaiting))
-            self.tasks[task_id] = TaskRecord(
+            record = TaskRecord(
                 shared.setdefault(model, model),
                 shared.setdefault(status, status),
                 last,
                 bool(active),
                 waiting,
-                since,
-                until,
+                since or 0.0,  # the shared zero: most tasks await and follow nothing
+                until or 0.0,
             )
-            if self.tasks[task_id].flagged:
+            if hot_since is not None and _cold(task_id, record, hot_since, keep):
+                self.partial = True
+                continue
+            self.tasks[task_id] = record
+            if record.flagged:
                 self.flagged.add(task_id)
-        self.fingerprints = dict(db.execute("SELECT stream_id, fingerprint FROM runs"))
+        query = "SELECT stream_id, fingerprint, started_at FROM runs"
+        params: tuple[float, ...] = ()
+        if hot_since is not None:
+            query, params = f"{query} WHERE started_at >= ?", (hot_since,)
+        fingerprints, by_start = self.fingerprints, self._by_start
+        for stream_id, fingerprint, started_at in db.execute(query, params):
+            fingerprints[stream_id] = fingerprint
+            bucket = by_start.get(int(started_at // EVICT_BUCKET))
+            if bucket is None:
+                by_start[int(started_at // EVICT_BUCKET)] = [stream_id]
+            else:
+                bucket.append(stream_id)
+        self.partial = self.partial or len(fingerprints) < self.run_total
         self.tasks_loads += 1
         self.index_loaded = True
+
+    def evict(self, before: float, keep: Collection[str] = ()) -> None:
+        """Forget in memory the runs that started before ``before`` (unix time) and the
+        tasks last active before it, but for live, awaited or followed tasks and those in
+        ``keep``: memory then follows the window, not the ledger's age. The file keeps
+        them all, and reads that miss memory ask it, so an evicted run listed again is
+        recognised (never counted twice), only no longer skipped unread."""
+        limit = int(before // EVICT_BUCKET)
+        for bucket in [b for b in self._by_start if b < limit]:
+            for stream_id in self._by_start.pop(bucket):
+                self.fingerprints.pop(stream_id, None)
+            self.partial = True
+        cold = [t for t, record in self.tasks.items() if _cold(t, record, before, keep)]
+        for task_id in cold:
+            del self.tasks[task_id]
+        self.partial = self.partial or bool(cold)
 
     def _label_values(self) -> Iterable[tuple[str, str]]:
         return [(r[0], r[1]) for r in self._db.execute("SELECT label, value FROM label_values")]
@@ -332,7 +380,7 @@ class Ledger:
 
     @property
     def run_count(self) -> int:
-        return len(self.fingerprints)
+        return self.run_total
 
     def size_bytes(self) -> int:
         total = 0
@@ -343,15 +391,48 @@ class Ledger:
         return total
 
     def load_runs(self, stream_ids: Iterable[str]) -> dict[str, RunState]:
-        wanted = [s for s in stream_ids if s in self.fingerprints]
-        found: dict[str, RunState] = {}
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
+        """The stored state of those of ``stream_ids`` that the ledger has."""
+        if self.partial:
+            wanted = list(stream_ids)
+        else:  # memory knows every run: ask the file only for those it has
+            wanted = [s for s in stream_ids if s in self.fingerprints]
+        return {row["stream_id"]: _state(row) for row in self._select_runs("*", wanted)}
+
+    def known_runs(self, stream_ids: Iterable[str]) -> set[str]:
+        """Those of ``stream_ids`` that the ledger has."""
+        wanted = list(stream_ids)
+        known = {s for s in wanted if s in self.fingerprints}
+        if self.partial:
+            rest = [s for s in wanted if s not in known]
+            known.update(row[0] for row in self._select_runs("stream_id", rest))
+        return known
+
+    def _select_runs(self, columns: str, stream_ids: list[str]) -> Iterator[sqlite3.Row]:
+        for start in range(0, len(stream_ids), 500):
+            chunk = stream_ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            query = f"SELECT * FROM runs WHERE stream_id IN ({marks})"  # noqa: S608 - only '?'
-            for row in self._db.execute(query, chunk):
-                found[row["stream_id"]] = _state(row)
-        return found
+            query = f"SELECT {columns} FROM runs WHERE stream_id IN ({marks})"  # noqa: S608
+            yield from self._db.execute(query, chunk)
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        """Rows of a read-only query of the file (for tools and tests)."""
+        return [tuple(row) for row in self._db.execute(sql, params)]
+
+    def task(self, task_id: str) -> TaskRecord | None:
+        """What the ledger knows of a task, from memory or, once evicted, the file."""
+        record = self.tasks.get(task_id)
+        if record is not None or not self.partial:
+            return record
+        row = self._db.execute(
+            "SELECT model, status, last_activity, active, awaiting, awaiting_since, "
+            "follow_until FROM tasks WHERE task_id = ?",
+            (task_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        model, status, last, active, awaiting, since, until = row
+        waiting = () if awaiting == "[]" else tuple(json.loads(awaiting))
+        return TaskRecord(model, status, last, bool(active), waiting, since, until)
 
     def task_runs(self, task_id: str) -> list[RunState]:
         rows = self._db.execute("SELECT * FROM runs WHERE task_id = ?", (task_id,))
@@ -393,6 +474,9 @@ class Ledger:
         for (name, labels), (task_id, amount) in changes.deltas.counter_tasks.items():
             exemplars[(name, labels, -1)] = (task_id, amount, stamp)
         new_labels = list(self.guard.new)
+        # Runs new to memory; those of them already in the file were evicted, not new.
+        fresh = [s for s in changes.runs if s.stream_id not in self.fingerprints]
+        stored = len(self.known_runs(s.stream_id for s in fresh)) if self.partial else 0
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -457,8 +541,12 @@ class Ledger:
             else:
                 self.flagged.discard(task_id)
         self.meta.update(changes.meta)
+        self.run_total += len(fresh) - stored
+        fingerprints, by_start = self.fingerprints, self._by_start
+        for state in fresh:
+            by_start.setdefault(int(state.started_at // EVICT_BUCKET), []).append(state.stream_id)
         for state in changes.runs:
-            self.fingerprints[state.stream_id] = state.fingerprint
+            fingerprints[state.stream_id] = state.fingerprint
 
     def close(self) -> None:
         self._db.close()

@@ -54,6 +54,11 @@ SETTLE_GRACE = 3600.0
 RECENT_WINDOW = 2 * SETTLE_GRACE
 FULL_LIST_INTERVAL = 3600.0  # default seconds between full listings of the window
 ACCOUNT_INTERVAL = 300.0  # seconds between reads of the account balance
+# Memory holds the runs that started within HOT_LOOKBACKS lookbacks and the tasks active
+# within them (plus live, followed and pinned ones); older ones stay in the ledger file,
+# evicted from memory every EVICT_INTERVAL (or lookback, if shorter).
+HOT_LOOKBACKS = 2
+EVICT_INTERVAL = 3600.0
 
 
 @dataclass
@@ -100,6 +105,7 @@ class Poller:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="neo-fetch")
         self._task_list_supported = True
         self._account_due = 0.0  # unix time (of the poller's clock) of the next balance read
+        self._evict_due = 0.0  # and of the next eviction of old runs from memory
         self.polls_done = 0
 
     @property
@@ -172,8 +178,15 @@ class Poller:
         with _cycle_collector_paused():
             return self._poll_once()
 
+    def load_index(self) -> None:
+        """The ledger's tasks and runs that polling may need in memory (a no-op once
+        loaded): those of the last HOT_LOOKBACKS lookbacks, live or followed ones, and
+        pinned tasks."""
+        hot_since = self.clock().timestamp() - HOT_LOOKBACKS * self.lookback
+        self.ledger.load_index(hot_since, keep=self.pinned)
+
     def _poll_once(self) -> PollReport:
-        self.ledger.load_index()  # a no-op once loaded
+        self.load_index()
         now = self.clock()
         meta = self.ledger.meta
         baseline = float(meta.get("baseline", now.timestamp() - self.lookback))
@@ -229,6 +242,10 @@ class Poller:
                 self.metrics.errors.labels(exc.reason).inc()
                 log.warning("account_read_failed", reason=exc.reason, error=str(exc))
         self.ledger.commit(changes)
+        if stamp >= self._evict_due:
+            # Memory follows the window: older runs and tasks stay in the file only.
+            self._evict_due = stamp + min(EVICT_INTERVAL, self.lookback)
+            self.ledger.evict(stamp - HOT_LOOKBACKS * self.lookback, keep=self.pinned)
         self._after_commit(changes.deltas)
         self.polls_done += 1
         self.on_commit()
@@ -447,10 +464,10 @@ class Poller:
                     awaited_seconds=round(stamp - since),
                 )  # fmt: skip
                 left = ()
-            record = changes.tasks.get(task_id) or self.ledger.tasks.get(task_id)
+            prior = self.ledger.task(task_id)
+            record = changes.tasks.get(task_id) or prior
             if record is None:
                 continue
-            prior = self.ledger.tasks.get(task_id)
             until = prior.follow_until if prior and prior.follow_until > stamp else 0.0
             if task_id in settling:
                 until = stamp + SETTLE_GRACE
@@ -470,11 +487,9 @@ class Poller:
     ) -> None:
         """A new stream whose row looks older than the baseline may carry its task's date:
         ask the task for the stream's own start before treating it as history."""
-        doubtful = {
-            row.task_id
-            for key, row in rows.items()
-            if key not in self.ledger.fingerprints and row.started_at < baseline
-        } - set(details)
+        older = {key: row.task_id for key, row in rows.items() if row.started_at < baseline}
+        known = self.ledger.known_runs(older)
+        doubtful = {task_id for key, task_id in older.items() if key not in known} - set(details)
         self._fetch_details(doubtful, details, report)
 
     def _fold(
@@ -511,7 +526,7 @@ class Poller:
             changes.runs.append(state)
             if state.finished and (old is None or not old.finished):
                 ended.append(state)
-            prior = tasks.get(obs.task_id) or self.ledger.tasks.get(obs.task_id)
+            prior = tasks.get(obs.task_id) or self.ledger.task(obs.task_id)
             if prior is None or started >= prior.last_activity:
                 status = DETAILS_STATUS.get(obs.status, obs.status)
                 tasks[obs.task_id] = TaskRecord(
@@ -519,7 +534,7 @@ class Poller:
                 )
         infos = [*listed.items(), *((t, d.task) for t, d in details.items())]
         for task_id, task in infos:
-            prior = tasks.get(task_id) or self.ledger.tasks.get(task_id)
+            prior = tasks.get(task_id) or self.ledger.task(task_id)
             status = task.status.lower()
             model = task.model or (prior.model if prior else "unknown")
             last = (

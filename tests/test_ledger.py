@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,10 @@ def changes_for(ledger: Ledger, *rows: dict[str, object]) -> PollChanges:
             apply(old, obs, baselined=False, guard=ledger.guard, deltas=changes.deltas)
         )
     return changes
+
+
+NOV_1 = datetime(2026, 11, 1, tzinfo=UTC).timestamp()
+DAY = 86_400
 
 
 def reopen(path: Path) -> Ledger:
@@ -216,3 +221,42 @@ def test_a_new_ledger_appears_complete(tmp_path: Path) -> None:
     version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     db.close()
     assert version == ("2",)
+
+
+def test_evicted_runs_and_tasks_are_read_from_the_file(ledger: Ledger, state_path: Path) -> None:
+    """Eviction shrinks memory, never what the ledger knows: runs, tasks and the run
+    count are found in the file, in this process and after a restart that loads only
+    the recent part."""
+    old = usage_row(stream_id="old", task_id="task-old", created_at="2026-11-01T00:00:00Z")
+    new = usage_row(stream_id="new", task_id="task-new", created_at="2026-11-20T00:00:00Z")
+    kept = usage_row(stream_id="kept", task_id="task-kept", created_at="2026-11-01T00:00:00Z")
+    changes = changes_for(ledger, old, new, kept)
+    changes.tasks = {
+        "task-old": TaskRecord("gpt-5", "completed", NOV_1, active=False),
+        "task-new": TaskRecord("gpt-5", "completed", NOV_1 + 19 * DAY, active=False),
+        "task-kept": TaskRecord("gpt-5", "completed", NOV_1, active=False),
+        "task-live": TaskRecord("gpt-5", "active", NOV_1, active=True),
+    }
+    ledger.commit(changes)
+    cutoff = NOV_1 + 12 * DAY
+    for restart in (False, True):
+        if restart:  # a restart that loads only what the cutoff keeps
+            ledger.close()
+            opened = Ledger(state_path, buckets=BUCKETS, max_label_values=50, defer_index=True)
+            opened.load_index(cutoff, keep={"task-kept"})
+        else:
+            opened = ledger
+            opened.evict(cutoff, keep={"task-kept"})
+        assert set(opened.fingerprints) == {"new"}
+        assert set(opened.tasks) == {"task-new", "task-kept", "task-live"}
+        assert opened.run_count == 3
+        assert set(opened.load_runs(["old", "new", "kept", "never"])) == {"old", "new", "kept"}
+        assert opened.known_runs(["old", "never"]) == {"old"}
+        assert opened.task("task-old") == changes.tasks["task-old"]
+        assert opened.task("task-never") is None
+        again = changes_for(opened, old)  # an evicted run seen again: known, not new
+        opened.commit(again)
+        assert opened.run_count == 3
+        assert "old" in opened.fingerprints
+        if restart:
+            opened.close()

@@ -334,3 +334,42 @@ def test_the_cycle_collector_is_paused_for_a_poll_and_resumed_however_it_ends(ri
     finally:
         gc.enable()
     assert during == [False, False]
+
+
+def test_memory_follows_the_window_and_evicted_runs_never_count_twice(tmp_path: Path) -> None:
+    """A one-hour lookback polled for twelve hours: memory keeps the runs and tasks of
+    the last two lookbacks, the file keeps all. Tasks continued after their runs left
+    memory are read whole by ID again, and restarts load only the recent part: every
+    run still counts once, exact after every hour."""
+    for rig in make_rig(tmp_path):
+        truth = Truth(rig.world)
+        rig.open().lookback = 3600
+        poll(rig, truth)
+        continued: set[str] = set()
+        for hour in range(12):
+            if hour in (5, 9):  # a restart: the ledger loads only what is recent
+                rig.close()
+                rig.open().lookback = 3600
+            assert rig.ledger is not None
+            in_memory = rig.ledger.fingerprints
+            evicted = sorted(
+                {
+                    s.task_id
+                    for s in rig.world.visible_streams()
+                    if s.stream_id in truth.first_seen
+                    and s.stream_id not in in_memory
+                    and s.finished_at is not None
+                }
+                - continued
+            )
+            for task_id in evicted[:3]:
+                rig.world.continue_task(task_id)
+                continued.add(task_id)
+            run_polls(rig, truth, 6, 600)
+            assert_exact(rig, truth)
+        assert rig.ledger is not None
+        assert len(continued) >= 6, "runs should have left memory and their tasks continued"
+        runs_in_file = rig.ledger.query("SELECT count(*) FROM runs")[0][0]
+        tasks_in_file = rig.ledger.query("SELECT count(*) FROM tasks")[0][0]
+        assert rig.ledger.run_count == runs_in_file > 3 * len(rig.ledger.fingerprints)
+        assert tasks_in_file > 3 * len(rig.ledger.tasks)  # type: ignore[operator]
