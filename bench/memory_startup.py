@@ -60,8 +60,9 @@ def _uuid(rng: random.Random) -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{h[16:20]}-{h[20:]}"
 
 
-def build_ledger(path: Path, runs: int, seed: int = 5) -> float:
-    """Commit ``runs`` finished runs started over the last day; returns the build seconds."""
+def build_ledger(path: Path, runs: int, seed: int = 5, span: float = DAY) -> float:
+    """Commit ``runs`` finished runs started over the last ``span`` seconds; returns the
+    build seconds."""
     started = time.perf_counter()
     rng = random.Random(seed)
     settings = Settings(state_path=path)
@@ -74,7 +75,7 @@ def build_ledger(path: Path, runs: int, seed: int = 5) -> float:
         deltas = changes.deltas
         for number in range(first, min(runs, first + CHUNK)):
             task_id = task_ids[number] if number < len(task_ids) else rng.choice(task_ids)
-            state = _synthetic_run(rng, task_id, models[task_id], now - rng.random() * DAY)
+            state = _synthetic_run(rng, task_id, models[task_id], now - rng.random() * span)
             _count(ledger, deltas, state, rng)
             changes.runs.append(state)
             status = TASK_STATUS.get(state.status, state.status)
@@ -128,9 +129,10 @@ def _rss_child(state: Path) -> None:
     quiet_logs()
     settings = Settings(api_url="http://127.0.0.1:9", state_path=state, lookback=DAY)
     exporter = Exporter(settings, ("api_key", DEMO_API_KEY), host="127.0.0.1", port=0)
-    # What the poller thread loads before its first poll (tasks, run fingerprints),
-    # and the render that follows: the daemon's steady memory, not just its first scrape.
-    exporter.ledger.load_index()
+    # What the poller thread loads before its first poll (the tasks and run fingerprints
+    # of the last two lookbacks), and the render that follows: the daemon's steady
+    # memory, not just its first scrape.
+    exporter.poller.load_index()
     exporter.exposition.refresh()
     for openmetrics in (False, True):
         for compress in (False, True):
@@ -215,6 +217,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100_000, help="runs in the ledger")
     parser.add_argument("--starts", type=int, default=3, help="daemon starts to time")
+    parser.add_argument(
+        "--old-runs", type=int, default=300_000,
+        help="runs of an old ledger, spread over --old-days (0: skip that row)",
+    )  # fmt: skip
+    parser.add_argument("--old-days", type=int, default=30)
     parser.add_argument("--rss-of", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_of is not None:
@@ -237,6 +244,14 @@ def main() -> None:
             f"{label:34} {rss:9.1f} {loaded['peak_mb']:8.1f}  "
             f"<= {TARGET_RSS_MB} MB  {verdict(rss <= TARGET_RSS_MB)}"
         )
+        if args.old_runs:
+            # Memory follows the window, not the ledger's age: runs older than two
+            # lookbacks (one day here) stay in the file.
+            old = Path(tmp) / "old.db"
+            build_ledger(old, args.old_runs, span=args.old_days * DAY)
+            aged = measure_rss(old)
+            label = f"{int(aged['runs']):,} runs over {args.old_days} days"
+            print(f"{label:34} {aged['rss_mb']:9.1f} {aged['peak_mb']:8.1f}")
         cold = [time_startup(empty, 0) for _ in range(args.starts)]
         warm = [time_startup(full, args.runs) for _ in range(args.starts)]
         print(f"{'5. start to restored /metrics':34} {'median s':>9} {'worst s':>8}  target")
