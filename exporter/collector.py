@@ -41,11 +41,13 @@ IN_FLIGHT = ("active", "pending", "suspended")
 class TasksInView:
     """The tasks that neo_tasks counts: live, pinned, or last active within the lookback.
 
-    The ledger keeps every task it ever saw; walking them all on each refresh would make
-    a poll's cost grow with the exporter's age. A task out of view comes back only when a
-    commit writes it (the window's edge only moves on), so each count looks at the tasks
-    in view at the last count and those written since. Refreshes run one at a time, on
-    the thread that commits or before polling starts.
+    The ledger holds the tasks of two lookbacks in memory; walking them all on each
+    refresh would make a poll's cost grow with the window, not with what changed. A task
+    out of view comes back only when a commit writes it (the window's edge only moves
+    on), so each count looks at the tasks in view at the last count and those written
+    since. Refreshes run one at a time, on the thread that commits or before polling
+    starts. (A clock set back by more than a lookback does not bring back tasks already
+    evicted from memory: the gauge only, never a counter.)
     """
 
     def __init__(self, ledger: Ledger, pinned: Iterable[str]) -> None:

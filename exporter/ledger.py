@@ -168,8 +168,9 @@ def _state(row: sqlite3.Row) -> RunState:
 class Ledger:
     """The exporter's memory: per-run counted values and the totals served as metrics.
 
-    Aggregates (counters, histograms, tasks, fingerprints) live in memory and are
-    replaced only after the transaction that writes them has committed.
+    Aggregates (counters, histograms) live in memory, with the tasks and run
+    fingerprints of the recent past (see ``evict``), and are replaced only after the
+    transaction that writes them has committed; the file holds every run and task.
     """
 
     def __init__(
@@ -204,7 +205,8 @@ class Ledger:
         self._by_start: dict[int, list[str]] = {}
         self.run_total = 0  # runs in the file
         # Some runs or tasks are only in the file: reads that miss memory ask the file.
-        self.partial = False
+        # So it is until the index is loaded.
+        self.partial = True
         self.meta: dict[str, str] = {}
         self._db = self._connect()
         self._load()
@@ -321,6 +323,7 @@ class Ledger:
         db = self._db
         # One shared copy of each model and status string: a ledger holds many tasks.
         shared: dict[str, str] = {}
+        skipped = False
         for task_id, model, status, last, active, awaiting, since, until in db.execute(
             "SELECT task_id, model, status, last_activity, active, awaiting, awaiting_since, "
             "follow_until FROM tasks"
@@ -336,7 +339,7 @@ class Ledger:
                 until or 0.0,
             )
             if hot_since is not None and _cold(task_id, record, hot_since, keep):
-                self.partial = True
+                skipped = True
                 continue
             self.tasks[task_id] = record
             if record.flagged:
@@ -353,7 +356,7 @@ class Ledger:
                 by_start[int(started_at // EVICT_BUCKET)] = [stream_id]
             else:
                 bucket.append(stream_id)
-        self.partial = self.partial or len(fingerprints) < self.run_total
+        self.partial = skipped or len(fingerprints) < self.run_total
         self.tasks_loads += 1
         self.index_loaded = True
 
@@ -415,7 +418,7 @@ class Ledger:
             yield from self._db.execute(query, chunk)
 
     def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
-        """Rows of a read-only query of the file (for tools and tests)."""
+        """The rows of an SQL query on the file, for tools and tests."""
         return [tuple(row) for row in self._db.execute(sql, params)]
 
     def task(self, task_id: str) -> TaskRecord | None:

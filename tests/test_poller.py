@@ -35,11 +35,14 @@ class Rig:
     api: SimulatedApi
     state_path: Path
     pinned: tuple[str, ...] = ()
+    defer_index: bool = False  # as the daemon: the poller loads the recent part only
     poller: Poller | None = None
     ledger: Ledger | None = None
 
     def open(self) -> Poller:
-        self.ledger = Ledger(self.state_path, buckets=BUCKETS, max_label_values=100)
+        self.ledger = Ledger(
+            self.state_path, buckets=BUCKETS, max_label_values=100, defer_index=self.defer_index
+        )
         client = NeoClient(
             self.api.url,
             ("api_key", DEMO_API_KEY),
@@ -343,6 +346,9 @@ def test_memory_follows_the_window_and_evicted_runs_never_count_twice(tmp_path: 
     memory are read whole by ID again, and restarts load only the recent part: every
     run still counts once, exact after every hour."""
     for rig in make_rig(tmp_path):
+        rig.defer_index = True
+        old = [s for s in rig.world.visible_streams() if s.started_at < START - timedelta(days=2)]
+        rig.pinned = (old[0].task_id,)  # an old task, read by ID every poll
         truth = Truth(rig.world)
         rig.open().lookback = 3600
         poll(rig, truth)
@@ -368,6 +374,9 @@ def test_memory_follows_the_window_and_evicted_runs_never_count_twice(tmp_path: 
                 continued.add(task_id)
             run_polls(rig, truth, 6, 600)
             assert_exact(rig, truth)
+            assert rig.ledger.flagged <= rig.ledger.tasks.keys()
+            assert rig.ledger.run_count == rig.ledger.query("SELECT count(*) FROM runs")[0][0]
+            assert rig.pinned[0] in rig.ledger.tasks
         assert rig.ledger is not None
         assert len(continued) >= 6, "runs should have left memory and their tasks continued"
         runs_in_file = rig.ledger.query("SELECT count(*) FROM runs")[0][0]
