@@ -12,7 +12,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 import structlog
@@ -144,6 +144,24 @@ _ENCODER = msgspec.json.Encoder(order="sorted")
 def _to_json(value: object) -> str:
     """Compact JSON with sorted keys: a run's agents, ranges and uncounted values."""
     return _ENCODER.encode(value).decode()
+
+
+TASK_COLUMNS = "model, status, last_activity, active, awaiting, awaiting_since, follow_until"
+
+
+def _task_record(columns: Sequence[Any], shared: dict[str, str]) -> TaskRecord:
+    """A task's record from its TASK_COLUMNS; ``shared`` keeps one copy of each model
+    and status string across many tasks."""
+    model, status, last, active, awaiting, since, until = columns
+    return TaskRecord(
+        shared.setdefault(model, model),
+        shared.setdefault(status, status),
+        last,
+        bool(active),
+        () if awaiting == "[]" else tuple(json.loads(awaiting)),
+        since or 0.0,  # the shared zero: most tasks await and follow nothing
+        until or 0.0,
+    )
 
 
 def _cold(task_id: str, record: TaskRecord, before: float, keep: Collection[str]) -> bool:
@@ -324,20 +342,8 @@ class Ledger:
         # One shared copy of each model and status string: a ledger holds many tasks.
         shared: dict[str, str] = {}
         skipped = False
-        for task_id, model, status, last, active, awaiting, since, until in db.execute(
-            "SELECT task_id, model, status, last_activity, active, awaiting, awaiting_since, "
-            "follow_until FROM tasks"
-        ):
-            waiting = () if awaiting == "[]" else tuple(json.loads(awaiting))
-            record = TaskRecord(
-                shared.setdefault(model, model),
-                shared.setdefault(status, status),
-                last,
-                bool(active),
-                waiting,
-                since or 0.0,  # the shared zero: most tasks await and follow nothing
-                until or 0.0,
-            )
+        for task_id, *columns in db.execute(f"SELECT task_id, {TASK_COLUMNS} FROM tasks"):  # noqa: S608
+            record = _task_record(columns, shared)
             if hot_since is not None and _cold(task_id, record, hot_since, keep):
                 skipped = True
                 continue
@@ -348,17 +354,16 @@ class Ledger:
         params: tuple[float, ...] = ()
         if hot_since is not None:
             query, params = f"{query} WHERE started_at >= ?", (hot_since,)
-        fingerprints, by_start = self.fingerprints, self._by_start
         for stream_id, fingerprint, started_at in db.execute(query, params):
-            fingerprints[stream_id] = fingerprint
-            bucket = by_start.get(int(started_at // EVICT_BUCKET))
-            if bucket is None:
-                by_start[int(started_at // EVICT_BUCKET)] = [stream_id]
-            else:
-                bucket.append(stream_id)
-        self.partial = skipped or len(fingerprints) < self.run_total
+            self.fingerprints[stream_id] = fingerprint
+            self._hold(stream_id, started_at)
+        self.partial = skipped or len(self.fingerprints) < self.run_total
         self.tasks_loads += 1
         self.index_loaded = True
+
+    def _hold(self, stream_id: str, started_at: float) -> None:
+        """File a run in memory under its start, for ``evict``."""
+        self._by_start.setdefault(int(started_at // EVICT_BUCKET), []).append(stream_id)
 
     def evict(self, before: float, keep: Collection[str] = ()) -> None:
         """Forget in memory the runs that started before ``before`` (unix time) and the
@@ -426,16 +431,9 @@ class Ledger:
         record = self.tasks.get(task_id)
         if record is not None or not self.partial:
             return record
-        row = self._db.execute(
-            "SELECT model, status, last_activity, active, awaiting, awaiting_since, "
-            "follow_until FROM tasks WHERE task_id = ?",
-            (task_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        model, status, last, active, awaiting, since, until = row
-        waiting = () if awaiting == "[]" else tuple(json.loads(awaiting))
-        return TaskRecord(model, status, last, bool(active), waiting, since, until)
+        query = f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?"  # noqa: S608
+        row = self._db.execute(query, (task_id,)).fetchone()
+        return None if row is None else _task_record(row, {})
 
     def task_runs(self, task_id: str) -> list[RunState]:
         rows = self._db.execute("SELECT * FROM runs WHERE task_id = ?", (task_id,))
@@ -545,11 +543,10 @@ class Ledger:
                 self.flagged.discard(task_id)
         self.meta.update(changes.meta)
         self.run_total += len(fresh) - stored
-        fingerprints, by_start = self.fingerprints, self._by_start
         for state in fresh:
-            by_start.setdefault(int(state.started_at // EVICT_BUCKET), []).append(state.stream_id)
+            self._hold(state.stream_id, state.started_at)
         for state in changes.runs:
-            fingerprints[state.stream_id] = state.fingerprint
+            self.fingerprints[state.stream_id] = state.fingerprint
 
     def close(self) -> None:
         self._db.close()

@@ -182,8 +182,10 @@ class Poller:
         """The ledger's tasks and runs that polling may need in memory (a no-op once
         loaded): those of the last HOT_LOOKBACKS lookbacks, live or followed ones, and
         pinned tasks."""
-        hot_since = self.clock().timestamp() - HOT_LOOKBACKS * self.lookback
-        self.ledger.load_index(hot_since, keep=self.pinned)
+        self.ledger.load_index(self._hot_since(self.clock().timestamp()), keep=self.pinned)
+
+    def _hot_since(self, stamp: float) -> float:
+        return stamp - HOT_LOOKBACKS * self.lookback
 
     def _poll_once(self) -> PollReport:
         self.load_index()
@@ -245,7 +247,7 @@ class Poller:
         if stamp >= self._evict_due:
             # Memory follows the window: older runs and tasks stay in the file only.
             self._evict_due = stamp + min(EVICT_INTERVAL, self.lookback)
-            self.ledger.evict(stamp - HOT_LOOKBACKS * self.lookback, keep=self.pinned)
+            self.ledger.evict(self._hot_since(stamp), keep=self.pinned)
         self._after_commit(changes.deltas)
         self.polls_done += 1
         self.on_commit()
@@ -576,8 +578,9 @@ def _cycle_collector_paused() -> Iterator[None]:
     A poll builds objects that all live until its commit (a first poll: a whole window's
     observations), and the collector, triggered by those allocations, would walk them
     again and again for nothing: about a tenth of a first poll's CPU. What a poll drops
-    holds no reference cycles and is freed by reference counting as before; whatever
-    cycles appear meanwhile (in any thread) wait for the collector's next run.
+    is freed by reference counting as before; the few cycles it leaves (httpx's
+    responses, whose bodies the client does not keep on them) and any made meanwhile in
+    other threads wait for the collector's next run.
     """
     if not gc.isenabled():  # paused by someone else: theirs to resume
         yield
