@@ -221,6 +221,8 @@ class Deltas:
 
     counters: dict[tuple[str, tuple[str, ...]], int] = field(default_factory=dict)
     observed: dict[tuple[str, tuple[str, ...]], Observed] = field(default_factory=dict)
+    # Each model label's tool series by tool name as reported, admitted to a label once.
+    tool_series: dict[str, dict[str, Observed]] = field(default_factory=dict)
     decreases: dict[str, int] = field(default_factory=dict)
     decreased_runs: list[tuple[str, str, str]] = field(default_factory=list)  # task, run, field
     # The task behind the latest increment of a counter series, for OpenMetrics exemplars.
@@ -233,19 +235,45 @@ class Deltas:
             self.counter_tasks[key] = (task_id, amount)
 
     def observe(self, name: str, labels: tuple[str, ...], value: int, task_id: str = "") -> None:
-        self.observe_many(name, labels, [value], task_id)
-
-    def observe_many(
-        self, name: str, labels: tuple[str, ...], values: list[int], task_id: str = ""
-    ) -> None:
-        if not values:
-            return
         series = self.observed.get((name, labels))
         if series is None:
             series = self.observed[(name, labels)] = Observed()
-        series.values.extend(values)
+        series.values.append(value)
         series.ends.append(len(series.values))
         series.tasks.append(task_id)
+
+    def observe_calls(
+        self,
+        model: str,
+        tools: Sequence[str],
+        durations: Sequence[int],
+        task_id: str,
+        guard: LabelGuard,
+    ) -> None:
+        """New tool calls of one row, each under its tool's series for ``model``."""
+        by_tool: dict[str, list[int]] = {}
+        for tool, duration in zip(tools, durations, strict=True):
+            found = by_tool.get(tool)
+            if found is None:
+                by_tool[tool] = [duration]
+            else:
+                found.append(duration)
+        known = self.tool_series.get(model)
+        if known is None:
+            known = self.tool_series[model] = {}
+        for tool, values in by_tool.items():
+            series = known.get(tool)
+            if series is None:
+                label = guard.admit("tool", tool)
+                key = (TOOL_DURATION.name, (model, label))
+                series = self.observed.get(key)
+                if series is None:
+                    series = self.observed[key] = Observed()
+                if label != guard.OTHER:  # a tool over the cap asks each time: it is counted
+                    known[tool] = series
+            series.values.extend(values)
+            series.ends.append(len(series.values))
+            series.tasks.append(task_id)
 
     @property
     def observations(self) -> list[tuple[str, tuple[str, ...], int]]:
@@ -340,16 +368,7 @@ def apply(
         state.uncounted = {name: getattr(state, name) for name in VALUE_FIELDS}
     tools, durations = _new_calls(state.tools_seen, obs)
     if tools and not silent:
-        by_tool: dict[str, list[int]] = {}
-        for tool, duration in zip(tools, durations, strict=True):
-            found = by_tool.get(tool)
-            if found is None:
-                by_tool[tool] = [duration]
-            else:
-                found.append(duration)
-        for tool, durations in by_tool.items():
-            tool_labels = (model, guard.admit("tool", tool))
-            deltas.observe_many(TOOL_DURATION.name, tool_labels, durations, obs.task_id)
+        deltas.observe_calls(model, tools, durations, obs.task_id, guard)
     if obs.terminal and not state.finished:
         state.finished = True
         if not state.baselined:

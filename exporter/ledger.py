@@ -6,11 +6,8 @@ import json
 import os
 import sqlite3
 import time
-from bisect import bisect_left
-from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -18,8 +15,9 @@ import msgspec
 import structlog
 
 from exporter.accounting import Deltas, LabelGuard, RunState
-from exporter.catalogue import HISTOGRAMS, MetricSpec
+from exporter.catalogue import HISTOGRAMS
 from exporter.errors import StateError
+from exporter.histograms import Histogram, bin_poll
 
 log = structlog.get_logger(__name__)
 
@@ -77,24 +75,6 @@ MIGRATIONS = {
 Labels = tuple[str, ...]
 # Runs are evicted from memory by start, this many seconds of starts at a time.
 EVICT_BUCKET = 600
-
-
-@dataclass
-class Histogram:
-    """Bucket counts (not cumulative, last one is +Inf), sum and count in stored units."""
-
-    bounds: tuple[float, ...]  # served units, e.g. seconds
-    scale: int
-    buckets: list[int]
-    sum: int = 0
-    count: int = 0
-    limits: list[float] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self.limits = [bound * self.scale for bound in self.bounds]
-
-    def copy(self) -> Histogram:
-        return Histogram(self.bounds, self.scale, list(self.buckets), self.sum, self.count)
 
 
 class TaskRecord(NamedTuple):
@@ -439,12 +419,13 @@ class Ledger:
         rows = self._db.execute("SELECT * FROM runs WHERE task_id = ?", (task_id,))
         return [_state(r) for r in rows]
 
-    def histogram_for(self, spec: MetricSpec, labels: Labels) -> Histogram:
-        existing = self.histograms.get((spec.name, labels))
+    def histogram_for(self, name: str, labels: Labels) -> Histogram:
+        """A copy of a series' histogram so far (empty if new), to add to."""
+        existing = self.histograms.get((name, labels))
         if existing is not None:
             return existing.copy()
-        bounds = self._buckets[spec.name]
-        return Histogram(bounds, spec.scale, [0] * (len(bounds) + 1))
+        bounds = self._buckets[name]
+        return Histogram(bounds, self._scales.get(name, 1), [0] * (len(bounds) + 1))
 
     # -- the one write path ----------------------------------------------------
 
@@ -454,26 +435,7 @@ class Ledger:
             key: self.counters.get(key, 0) + amount
             for key, amount in changes.deltas.counters.items()
         }
-        histograms: dict[tuple[str, Labels], Histogram] = {}
-        specs = {spec.name: spec for spec in HISTOGRAMS}
-        exemplars: dict[tuple[str, Labels, int], tuple[str, int, float]] = {}
-        stamp = time.time()
-        for (name, labels), series in changes.deltas.observed.items():
-            hist = histograms[(name, labels)] = self.histogram_for(specs[name], labels)
-            values, buckets = series.values, hist.buckets
-            # Binned in C: each value's bucket, the count per bucket, and the position of
-            # each bucket's newest observation (a dict keeps the last of equal keys).
-            indices = list(map(bisect_left, repeat(hist.limits), values))
-            for index, count in Counter(indices).items():
-                buckets[index] += count
-            hist.sum += sum(values)
-            hist.count += len(values)
-            for index, position in dict(zip(indices, range(len(values)), strict=True)).items():
-                task_id = series.task_at(position)
-                if task_id:
-                    exemplars[(name, labels, index)] = (task_id, values[position], stamp)
-        for (name, labels), (task_id, amount) in changes.deltas.counter_tasks.items():
-            exemplars[(name, labels, -1)] = (task_id, amount, stamp)
+        histograms, exemplars = bin_poll(changes.deltas, self.histogram_for, time.time())
         new_labels = list(self.guard.new)
         # Runs new to memory; those of them already in the file were evicted, not new.
         fresh = [s for s in changes.runs if s.stream_id not in self.fingerprints]

@@ -1,0 +1,68 @@
+"""Histograms: bucket counts in stored units, and a poll's observations binned into them."""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import repeat
+
+from exporter.accounting import Deltas
+
+Labels = tuple[str, ...]
+SeriesKey = tuple[str, Labels]
+ExemplarKey = tuple[str, Labels, int]  # bucket index, or -1 for a counter's total
+Exemplar = tuple[str, int, float]  # task ID, value in stored units, unix time
+
+
+@dataclass
+class Histogram:
+    """Bucket counts (not cumulative, last one is +Inf), sum and count in stored units."""
+
+    bounds: tuple[float, ...]  # served units, e.g. seconds
+    scale: int
+    buckets: list[int]
+    sum: int = 0
+    count: int = 0
+    # Each bound in stored units, rounded down: stored values are integers, and an
+    # integer is at most a bound exactly when it is at most its floor. Integers compare
+    # with integers faster than with floats, a saving on every observation binned.
+    limits: list[int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.limits = [math.floor(bound * self.scale) for bound in self.bounds]
+
+    def copy(self) -> Histogram:
+        return Histogram(self.bounds, self.scale, list(self.buckets), self.sum, self.count)
+
+
+def bin_poll(
+    deltas: Deltas, current: Callable[[str, Labels], Histogram], stamp: float
+) -> tuple[dict[SeriesKey, Histogram], dict[ExemplarKey, Exemplar]]:
+    """A poll's observations added to copies of the histograms they fall in (``current``
+    gives a series' histogram so far), and each bucket's newest observation, with its
+    task, as the bucket's exemplar.
+
+    Binned in C: each value's bucket by ``bisect``, the count per bucket by
+    ``Counter``, and the position of each bucket's newest observation by a dict (which
+    keeps the last of equal keys).
+    """
+    histograms: dict[SeriesKey, Histogram] = {}
+    exemplars: dict[ExemplarKey, Exemplar] = {}
+    for (name, labels), series in deltas.observed.items():
+        hist = histograms[(name, labels)] = current(name, labels)
+        values, buckets = series.values, hist.buckets
+        indices = list(map(bisect_left, repeat(hist.limits), values))
+        for index, count in Counter(indices).items():
+            buckets[index] += count
+        hist.sum += sum(values)
+        hist.count += len(values)
+        for index, position in dict(zip(indices, range(len(values)), strict=True)).items():
+            task_id = series.task_at(position)
+            if task_id:
+                exemplars[(name, labels, index)] = (task_id, values[position], stamp)
+    for (name, labels), (task_id, amount) in deltas.counter_tasks.items():
+        exemplars[(name, labels, -1)] = (task_id, amount, stamp)
+    return histograms, exemplars
