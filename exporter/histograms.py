@@ -28,14 +28,19 @@ class Histogram:
     count: int = 0
     # Each bound in stored units, rounded down: stored values are integers, and an
     # integer is at most a bound exactly when it is at most its floor. Integers compare
-    # with integers faster than with floats, a saving on every observation binned.
-    limits: list[int] = field(init=False, repr=False, compare=False)
+    # with integers faster than with floats, a saving on every observation binned. A
+    # bound too large for a float once scaled stays infinite (every value is below it).
+    limits: list[float] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.limits = [math.floor(bound * self.scale) for bound in self.bounds]
+        self.limits = [_floor(bound * self.scale) for bound in self.bounds]
 
     def copy(self) -> Histogram:
         return Histogram(self.bounds, self.scale, list(self.buckets), self.sum, self.count)
+
+
+def _floor(limit: float) -> float:
+    return math.floor(limit) if math.isfinite(limit) else limit
 
 
 def bin_poll(

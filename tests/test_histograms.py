@@ -94,6 +94,13 @@ def test_integer_limits_bin_integers_as_the_bounds_do(
         assert bisect_left(hist.limits, value) == expected
 
 
+def test_a_bound_too_large_to_scale_bins_everything_below_it() -> None:
+    """A finite bound whose scaled value overflows a float still bins (it used to be
+    accepted by the settings and stored in ledgers)."""
+    hist = Histogram((0.1, 1e306), 1000, [0, 0, 0])
+    assert [bisect_left(hist.limits, v) for v in (100, 101, 10**300)] == [0, 1, 1]
+
+
 def test_histograms_add_to_what_the_series_held() -> None:
     """A series' copy so far is added to, and its newest observation is the exemplar."""
     held = empty(RUN_CREDITS.name, ("sonnet", "completed"))
