@@ -78,10 +78,9 @@ def main() -> None:
             with BenchExporter(sim, lookback=DAY) as bench:  # a fresh ledger each round
                 report, cpu, wall = bench.poll()
             runs = report.runs_new + report.runs_updated
-            ratio = cpu / decode_cpu * (rows / runs if runs else 1.0)
-            rounds.append((ratio, decode_cpu, report, cpu, wall))
+            per_run = rows / runs if runs else 1.0  # the same runs each round: a fresh ledger
+            rounds.append((cpu / decode_cpu * per_run, decode_cpu, report, cpu, wall))
         ratio, decode_cpu, report, cpu, wall = sorted(rounds, key=lambda r: r[0])[len(rounds) // 2]
-    runs = report.runs_new + report.runs_updated
     rate, decode_rate = runs / cpu, rows / decode_cpu
     size = sum(len(page) for page in pages)
     print(
@@ -99,7 +98,7 @@ def main() -> None:
         f"exporter / decode, per run:  {ratio:6.2f}x   (target <= {TARGET_RATIO:g}x)  "
         f"{verdict(ratio <= TARGET_RATIO)}"
     )
-    best = min(r[3] for r in rounds) / min(r[1] for r in rounds) * (rows / runs if runs else 1.0)
+    best = min(r[3] for r in rounds) / min(r[1] for r in rounds) * per_run
     print(f"the same from each side's fastest round: {best:.2f}x")
     print(
         "rounds (decode CPU s / poll CPU s = ratio): "

@@ -17,7 +17,7 @@ import structlog
 from exporter.accounting import Deltas, LabelGuard, RunState
 from exporter.catalogue import HISTOGRAMS
 from exporter.errors import StateError
-from exporter.histograms import Histogram, bin_poll
+from exporter.histograms import Exemplar, ExemplarKey, Histogram, Labels, SeriesKey, bin_poll
 
 log = structlog.get_logger(__name__)
 
@@ -72,7 +72,6 @@ MIGRATIONS = {
         "ALTER TABLE tasks ADD COLUMN follow_until REAL NOT NULL DEFAULT 0",
     )
 }
-Labels = tuple[str, ...]
 # Runs are evicted from memory by start, this many seconds of starts at a time.
 EVICT_BUCKET = 600
 
@@ -185,7 +184,7 @@ class Ledger:
         self._buckets = {spec.name: tuple(buckets[spec.name]) for spec in HISTOGRAMS}
         self._scales = {spec.name: spec.scale for spec in HISTOGRAMS}
         self.counters: dict[tuple[str, Labels], int] = {}
-        self.histograms: dict[tuple[str, Labels], Histogram] = {}
+        self.histograms: dict[SeriesKey, Histogram] = {}
         self.tasks: dict[str, TaskRecord] = {}
         # Tasks that are live, awaited or followed: what a poll reads by ID. Kept beside
         # ``tasks`` so that a poll never walks every task the ledger ever saw.
@@ -196,7 +195,7 @@ class Ledger:
         self.tasks_loads = 0
         # Latest (task_id, value in stored units, unix time) per counter series or
         # histogram bucket; kept in memory only, as exemplars are samples, not totals.
-        self.exemplars: dict[tuple[str, Labels, int], tuple[str, int, float]] = {}
+        self.exemplars: dict[ExemplarKey, Exemplar] = {}
         # Runs in memory: their fingerprints, and their ids by start (EVICT_BUCKET apart)
         # for eviction. Every run stays in the file; an old one leaves memory (see evict).
         self.fingerprints: dict[str, int | None] = {}
@@ -425,7 +424,7 @@ class Ledger:
         if existing is not None:
             return existing.copy()
         bounds = self._buckets[name]
-        return Histogram(bounds, self._scales.get(name, 1), [0] * (len(bounds) + 1))
+        return Histogram(bounds, self._scales[name], [0] * (len(bounds) + 1))
 
     # -- the one write path ----------------------------------------------------
 
