@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -48,26 +48,39 @@ def bin_poll(
 ) -> tuple[dict[SeriesKey, Histogram], dict[ExemplarKey, Exemplar]]:
     """A poll's observations added to copies of the histograms they fall in (``current``
     gives a series' histogram so far), and each bucket's newest observation, with its
-    task, as the bucket's exemplar.
-
-    Binned in C: each value's bucket by ``bisect``, the count per bucket by
-    ``Counter``, and the position of each bucket's newest observation by a dict (which
-    keeps the last of equal keys).
-    """
+    task, as the bucket's exemplar."""
     histograms: dict[SeriesKey, Histogram] = {}
     exemplars: dict[ExemplarKey, Exemplar] = {}
     for (name, labels), series in deltas.observed.items():
         hist = histograms[(name, labels)] = current(name, labels)
         values, buckets = series.values, hist.buckets
-        indices = list(map(bisect_left, repeat(hist.limits), values))
-        for index, count in Counter(indices).items():
+        for index, count, newest in _tally(hist.limits, values):
             buckets[index] += count
+            task_id = series.task_at(newest)
+            if task_id:
+                exemplars[(name, labels, index)] = (task_id, values[newest], stamp)
         hist.sum += sum(values)
         hist.count += len(values)
-        for index, position in dict(zip(indices, range(len(values)), strict=True)).items():
-            task_id = series.task_at(position)
-            if task_id:
-                exemplars[(name, labels, index)] = (task_id, values[position], stamp)
     for (name, labels), (task_id, amount) in deltas.counter_tasks.items():
         exemplars[(name, labels, -1)] = (task_id, amount, stamp)
     return histograms, exemplars
+
+
+def _tally(limits: list[float], values: Sequence[int]) -> Iterator[tuple[int, int, int]]:
+    """(bucket index, how many values fall in it, position of its newest value) for each
+    bucket that ``values`` reach, all in C: each value's bucket by ``bisect``; then, with
+    fewer than 256 buckets, the buckets as one byte each, counted and searched from the
+    end like text; with more, counted by ``Counter`` and the newest found by a dict
+    (which keeps the last of equal keys)."""
+    indices = map(bisect_left, repeat(limits), values)
+    if len(limits) < 256:
+        codes = bytes(indices)
+        for index in range(len(limits) + 1):
+            count = codes.count(index)
+            if count:
+                yield index, count, codes.rfind(index)
+        return
+    positions = list(indices)
+    newest = dict(zip(positions, range(len(positions)), strict=True))
+    for index, count in Counter(positions).items():
+        yield index, count, newest[index]

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from exporter.accounting import Deltas, LabelGuard
 from exporter.catalogue import RUN_CREDITS, TOOL_DURATION
-from exporter.histograms import Histogram, bin_poll
+from exporter.histograms import Histogram, _tally, bin_poll
 
 BOUNDS = {TOOL_DURATION.name: (0.1, 1.0, 10.0), RUN_CREDITS.name: (1.0, 5.0)}
 SCALES = {TOOL_DURATION.name: 1000, RUN_CREDITS.name: 1}
@@ -92,6 +92,21 @@ def test_integer_limits_bin_integers_as_the_bounds_do(
             (i for i, bound in enumerate(bounds) if value <= bound * scale), len(bounds)
         )
         assert bisect_left(hist.limits, value) == expected
+
+
+@given(
+    size=st.sampled_from([1, 3, 254, 255, 256, 400]),
+    values=st.lists(st.integers(min_value=0, max_value=1000), max_size=80),
+)
+def test_tally_counts_each_bucket_and_finds_its_newest_value(size: int, values: list[int]) -> None:
+    """Both ways of tallying, a byte per bucket (up to 256 buckets) and a Counter (more),
+    give each bucket reached its count and the position of its newest value."""
+    limits: list[float] = list(range(0, 2 * size, 2))
+    expected: dict[int, tuple[int, int]] = {}
+    for position, value in enumerate(values):
+        index = bisect_left(limits, value)
+        expected[index] = (expected.get(index, (0, 0))[0] + 1, position)
+    assert {index: (count, newest) for index, count, newest in _tally(limits, values)} == expected
 
 
 def test_a_bound_too_large_to_scale_bins_everything_below_it() -> None:
