@@ -9,7 +9,8 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
-from operator import attrgetter
+from itertools import count
+from operator import attrgetter, eq
 
 import msgspec
 
@@ -38,6 +39,7 @@ _DURATION = attrgetter("duration_ms")
 GUARDED_LABELS = ("model", "status", "tool", "agent")  # capped by LabelGuard
 
 EXEMPLAR_COUNTERS = frozenset({RUN_COUNTERS["credits"].name})
+EXEMPLAR_FIELDS = tuple(f for f, name in COUNTER_NAMES.items() if name in EXEMPLAR_COUNTERS)
 Ranges = list[list[int]]  # sorted, disjoint half-open [start, end) ranges of counted indices
 
 
@@ -121,11 +123,11 @@ class Observation:
     @classmethod
     def from_row(cls, row: TaskUsage, fingerprint: int | None = None) -> Observation:
         history = row.tool_call_history or ()
-        indices: list[int | None] | None = list(map(_INDEX, history))
-        if indices == list(range(len(history))):
-            indices = None  # the usual case
+        indices = None  # the usual case: every index equals its position
+        if not all(map(eq, map(_INDEX, history), count())):
+            indices = [p if call.index is None else call.index for p, call in enumerate(history)]
         names: list[str | None] = list(map(_TOOL_NAME, history))
-        if None in names or "" in names:
+        if not all(names):  # a call without a tool name
             names = [name or "unknown" for name in names]
         return cls(
             stream_id=row.stream_id or f"task:{row.task_id}",
@@ -152,10 +154,8 @@ class Observation:
             },
             agents=dict(row.agent_breakdown or {}),
             tools=list(map(sys.intern, names)),  # type: ignore[arg-type]
-            durations=array("q", map(_DURATION, history)),
-            indices=None
-            if indices is None
-            else [p if i is None else i for p, i in enumerate(indices)],
+            durations=array("q", list(map(_DURATION, history))),  # from a list: faster
+            indices=indices,
             fingerprint=fingerprint,
         )
 
@@ -227,6 +227,10 @@ class Deltas:
     decreased_runs: list[tuple[str, str, str]] = field(default_factory=list)  # task, run, field
     # The task behind the latest increment of a counter series, for OpenMetrics exemplars.
     counter_tasks: dict[tuple[str, tuple[str, ...]], tuple[str, int]] = field(default_factory=dict)
+    # Each label pair's counter keys by value field, built once a poll rather than a row.
+    counter_keys: dict[tuple[str, ...], dict[str, tuple[str, tuple[str, ...]]]] = field(
+        default_factory=dict
+    )
 
     def add(self, name: str, labels: tuple[str, ...], amount: int, task_id: str = "") -> None:
         key = (name, labels)
@@ -339,22 +343,38 @@ def apply(
     status = guard.admit("status", obs.status)
     labels = (model, status)
     silent = old is None and baselined
-    state = old or RunState(
-        obs.stream_id, obs.task_id, obs.started_at, obs.model, obs.status, baselined=baselined
-    )
     counters = deltas.counters  # Deltas.add, inlined: this loop runs for every row
-    for name, now in obs.values.items():  # only the fields the row reported
-        before = getattr(state, name)
-        if now > before:
-            if not silent:
-                key = (COUNTER_NAMES[name], labels)
-                counters[key] = counters.get(key, 0) + now - before
-                if key[0] in EXEMPLAR_COUNTERS and obs.task_id:
-                    deltas.counter_tasks[key] = (obs.task_id, now - before)
-            setattr(state, name, now)
-        elif now < before:
-            deltas.decreases[name] = deltas.decreases.get(name, 0) + 1
-            deltas.decreased_runs.append((obs.task_id, obs.stream_id, name))
+    keys = deltas.counter_keys.get(labels)
+    if keys is None:
+        keys = deltas.counter_keys[labels] = {f: (n, labels) for f, n in COUNTER_NAMES.items()}
+    if old is None:  # first sight: every value reported is growth from zero
+        state = RunState(
+            obs.stream_id, obs.task_id, obs.started_at, obs.model, obs.status, baselined,
+            **obs.values,  # type: ignore[arg-type]  # its keys are RunState's integer fields
+        )  # fmt: skip
+        if not silent:
+            for name, now in obs.values.items():
+                if now > 0:
+                    key = keys[name]
+                    counters[key] = counters.get(key, 0) + now
+            for name in EXEMPLAR_FIELDS:
+                now = obs.values.get(name, 0)
+                if now > 0 and obs.task_id:
+                    deltas.counter_tasks[keys[name]] = (obs.task_id, now)
+    else:
+        state = old
+        for name, now in obs.values.items():  # only the fields the row reported
+            before = getattr(state, name)
+            if now > before:
+                if not silent:
+                    key = keys[name]
+                    counters[key] = counters.get(key, 0) + now - before
+                    if key[0] in EXEMPLAR_COUNTERS and obs.task_id:
+                        deltas.counter_tasks[key] = (obs.task_id, now - before)
+                setattr(state, name, now)
+            elif now < before:
+                deltas.decreases[name] = deltas.decreases.get(name, 0) + 1
+                deltas.decreased_runs.append((obs.task_id, obs.stream_id, name))
     for agent, now in obs.agents.items():
         before = state.agents.get(agent, 0)
         if now > before:
