@@ -8,7 +8,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from itertools import count
 from operator import attrgetter, eq
 
@@ -31,6 +31,9 @@ NON_TERMINAL = frozenset(
     {"running", "active", "pending", "queued", "in_progress", "started", "created", "suspended"}
 )
 VALUE_FIELDS = tuple(RUN_COUNTERS)  # credits, steps, tool_calls, ...
+# The same, in the order from_row reads them from a usage row.
+VALUE_ORDER = ("credits", "llm_cost", "neo_cost", "steps", "tool_calls", "agent_triggers",
+               "llm_ms", "tool_ms", "exec_ms")  # fmt: skip
 COUNTER_NAMES = {name: spec.name for name, spec in RUN_COUNTERS.items()}
 # A tool call's fields, read in C over a whole history.
 _INDEX = attrgetter("index")
@@ -47,10 +50,7 @@ def to_nano(amount: Decimal | None) -> int:
     """Credits as integer nano-credits, so that sums never drift."""
     if amount is None:
         return 0
-    return int((amount * NANO).quantize(_ONE, rounding=ROUND_HALF_EVEN))
-
-
-_ONE = Decimal(1)
+    return round(amount * NANO)  # to the nearest integer, ties to even
 
 
 _FINGERPRINT_JSON = msgspec.json.Encoder(order="sorted")
@@ -129,6 +129,13 @@ class Observation:
         names: list[str | None] = list(map(_TOOL_NAME, history))
         if not all(names):  # a call without a tool name
             names = [name or "unknown" for name in names]
+        reported = (
+            None if row.neo_credits is None else to_nano(row.neo_credits),
+            None if row.llm_cost is None else to_nano(row.llm_cost),
+            None if row.neo_cost is None else to_nano(row.neo_cost),
+            row.step_count, row.tool_calls, row.agent_triggers,
+            row.llm_time_ms, row.tool_time_ms, row.total_execution_ms,
+        )  # fmt: skip  # in VALUE_ORDER
         return cls(
             stream_id=row.stream_id or f"task:{row.task_id}",
             task_id=row.task_id,
@@ -137,21 +144,7 @@ class Observation:
             status=(row.status or "unknown").lower(),
             # A null is "not reported", not zero: it neither counts nor looks like a
             # decrease, and the value counted so far stands until a number comes back.
-            values={
-                name: value
-                for name, value in (
-                    ("credits", None if row.neo_credits is None else to_nano(row.neo_credits)),
-                    ("llm_cost", None if row.llm_cost is None else to_nano(row.llm_cost)),
-                    ("neo_cost", None if row.neo_cost is None else to_nano(row.neo_cost)),
-                    ("steps", row.step_count),
-                    ("tool_calls", row.tool_calls),
-                    ("agent_triggers", row.agent_triggers),
-                    ("llm_ms", row.llm_time_ms),
-                    ("tool_ms", row.tool_time_ms),
-                    ("exec_ms", row.total_execution_ms),
-                )
-                if value is not None
-            },
+            values={n: v for n, v in zip(VALUE_ORDER, reported, strict=True) if v is not None},
             agents=dict(row.agent_breakdown or {}),
             tools=list(map(sys.intern, names)),  # type: ignore[arg-type]
             durations=array("q", list(map(_DURATION, history))),  # from a list: faster

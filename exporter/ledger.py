@@ -112,7 +112,7 @@ def _row(state: RunState) -> tuple[object, ...]:
         state.stream_id, state.task_id, state.started_at, state.model, state.status,
         int(state.baselined), int(state.finished), state.credits, state.llm_cost,
         state.neo_cost, state.steps, state.tool_calls, state.agent_triggers, state.llm_ms,
-        state.tool_ms, state.exec_ms, _to_json(state.agents), _to_json(state.tools_seen),
+        state.tool_ms, state.exec_ms, _to_json(state.agents), _ranges_json(state.tools_seen),
         state.fingerprint, None if state.uncounted is None else _to_json(state.uncounted),
     )  # fmt: skip
 
@@ -123,6 +123,14 @@ _ENCODER = msgspec.json.Encoder(order="sorted")
 def _to_json(value: object) -> str:
     """Compact JSON with sorted keys: a run's agents, ranges and uncounted values."""
     return _ENCODER.encode(value).decode()
+
+
+def _ranges_json(ranges: list[list[int]]) -> str:
+    """``_to_json`` of a run's counted tool-call ranges, of which there is one usually."""
+    if len(ranges) == 1:
+        start, end = ranges[0]
+        return f"[[{start},{end}]]"
+    return _to_json(ranges)
 
 
 TASK_COLUMNS = "model, status, last_activity, active, awaiting, awaiting_since, follow_until"

@@ -512,27 +512,25 @@ class Poller:
             for stream in info.streams or ()
         }
         states = self.ledger.load_runs(rows)
-        deltas = changes.deltas
+        report.runs_updated += len(states)
+        report.runs_new += len(rows) - len(states)
+        deltas, guard, runs = changes.deltas, self.ledger.guard, changes.runs
+        known = self.ledger.task
         tasks: dict[str, TaskRecord] = {}
-        for key, obs in rows.items():
+        for key, obs in rows.items():  # every row of the poll: kept lean
             started = starts.get(key, obs.started_at)
             obs.started_at = started
             old = states.get(key)
-            if old is None:
-                report.runs_new += 1
-            else:
-                report.runs_updated += 1
-            state = apply(
-                old, obs, baselined=started < baseline, guard=self.ledger.guard, deltas=deltas
-            )
-            changes.runs.append(state)
+            state = apply(old, obs, baselined=started < baseline, guard=guard, deltas=deltas)
+            runs.append(state)
             if state.finished and (old is None or not old.finished):
                 ended.append(state)
-            prior = tasks.get(obs.task_id) or self.ledger.task(obs.task_id)
+            task_id = obs.task_id
+            prior = tasks.get(task_id) or known(task_id)
             if prior is None or started >= prior.last_activity:
                 status = DETAILS_STATUS.get(obs.status, obs.status)
-                tasks[obs.task_id] = TaskRecord(
-                    obs.model, status, started, active=status in LIVE_TASK_STATUSES
+                tasks[task_id] = TaskRecord(
+                    obs.model, status, started, status in LIVE_TASK_STATUSES
                 )
         infos = [*listed.items(), *((t, d.task) for t, d in details.items())]
         for task_id, task in infos:

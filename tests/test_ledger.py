@@ -7,10 +7,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from exporter.accounting import Observation, apply
 from exporter.errors import StateError
-from exporter.ledger import Ledger, PollChanges, TaskRecord
+from exporter.ledger import Ledger, PollChanges, TaskRecord, _ranges_json, _to_json
 from exporter.models import read_usage
 from tests.conftest import BUCKETS, usage_row
 
@@ -260,3 +262,9 @@ def test_evicted_runs_and_tasks_are_read_from_the_file(ledger: Ledger, state_pat
         assert "old" in opened.fingerprints
         if restart:
             opened.close()
+
+
+@given(st.lists(st.lists(st.integers(min_value=0, max_value=10**12), min_size=2, max_size=2)))
+def test_ranges_are_stored_as_their_json(ranges: list[list[int]]) -> None:
+    """The shortcut for a run's usual single range writes what the JSON encoder would."""
+    assert _ranges_json(ranges) == _to_json(ranges)
