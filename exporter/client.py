@@ -89,7 +89,6 @@ class Listing(Generic[R]):
 
     rows: list[R] = field(default_factory=list)
     invalid: list[InvalidRow] = field(default_factory=list)
-    fingerprints: dict[str, int | None] = field(default_factory=dict)
     unchanged: set[str] = field(default_factory=set)
     pages: int = 0
     duplicates: int = 0
@@ -336,11 +335,9 @@ class NeoClient:
                     # Rows shift down while we page; keep the later (never older) copy.
                     listing.duplicates += 1
                     listing.rows[seen[ident]] = convert(row, digest)
-                    listing.fingerprints[ident] = digest
                     continue
                 seen[ident] = len(listing.rows)
                 listing.rows.append(convert(row, digest))
-                listing.fingerprints[ident] = digest
         return listing
 
     def _pages(self, endpoint: str, params: dict[str, str]) -> Iterator[list[Any]]:
