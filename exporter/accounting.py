@@ -6,6 +6,7 @@ import hashlib
 import sys
 from array import array
 from bisect import bisect_left, bisect_right
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -248,13 +249,9 @@ class Deltas:
         guard: LabelGuard,
     ) -> None:
         """New tool calls of one row, each under its tool's series for ``model``."""
-        by_tool: dict[str, list[int]] = {}
+        by_tool: defaultdict[str, list[int]] = defaultdict(list)  # in order of first call
         for tool, duration in zip(tools, durations, strict=True):
-            found = by_tool.get(tool)
-            if found is None:
-                by_tool[tool] = [duration]
-            else:
-                found.append(duration)
+            by_tool[tool].append(duration)
         known = self.tool_series.get(model)
         if known is None:
             known = self.tool_series[model] = {}
