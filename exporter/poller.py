@@ -26,7 +26,7 @@ from exporter.accounting import (
     to_nano,
 )
 from exporter.client import Listing, NeoClient
-from exporter.errors import ApiError, ExporterError, NotFound
+from exporter.errors import ApiError, ApiStatusError, ExporterError, NotFound
 from exporter.ledger import Ledger, PollChanges, TaskRecord
 from exporter.models import TaskDetails, TaskInfo
 from exporter.selfmetrics import SelfMetrics
@@ -72,6 +72,7 @@ class PollReport:
     invalid_rows: int = 0
     pages: int = 0
     task_requests: int = 0
+    deferred_rows: int = 0  # new rows of an uncertain start, left for a later poll
     full_listing: bool = True  # the whole lookback window was listed
     warnings: list[str] = field(default_factory=list)
 
@@ -168,6 +169,7 @@ class Poller:
             pages=report.pages,
             full_listing=report.full_listing,
             task_requests=report.task_requests,
+            rows_deferred=report.deferred_rows,
             duration_seconds=round(time.monotonic() - started, 3),
         )
         return report
@@ -228,8 +230,16 @@ class Poller:
         gone: set[str] = set()
         self._poll_pinned(rows, report, changes)
         listed = self._poll_live_tasks(rows, report, details, gone)
-        self._resolve_old_streams(rows, baseline, details, report)
+        unanswered: set[str] = set()
+        later = self._resolve_old_streams(rows, baseline, details, report, unanswered)
         awaited, done = self._fetch_awaited(rows, baseline, details, report, now, gone)
+        # And those of the rows just read by ID, without asking a task twice.
+        later.update(self._resolve_old_streams(rows, baseline, details, report, unanswered))
+        # A run left for later has not finished in this poll, and a pinned task of one is
+        # read again at the next, however unchanged its usage.
+        done -= later.keys()
+        for task_id in set(later.values()):
+            changes.meta.pop(f"pinned:{task_id}", None)
         ended = self._fold(rows, baseline, details, listed, changes, report, now)
         self._settle(awaited, done, ended, changes, now, gone)
         if self.account is not None and stamp >= self._account_due:
@@ -486,13 +496,45 @@ class Poller:
         baseline: float,
         details: dict[str, TaskDetails],
         report: PollReport,
-    ) -> None:
-        """A new stream whose row looks older than the baseline may carry its task's date:
-        ask the task for the stream's own start before treating it as history."""
+        unanswered: set[str],
+    ) -> dict[str, str]:
+        """A new stream whose row looks older than the baseline may carry its task's date
+        (or a broken one): ask the task for the stream's own start before treating it as
+        history. A row whose task did not answer is taken out of ``rows`` and left for a
+        later poll, which asks again: folded at its own date it would count as history,
+        never in full. Only a task the API calls gone or forbidden answers never; its rows
+        are taken at their word. ``unanswered`` gathers the tasks that did not answer in
+        this poll, which are not asked again. Returns the rows left for later, with their
+        tasks."""
         older = {key: row.task_id for key, row in rows.items() if row.started_at < baseline}
+        if not older:
+            return {}
         known = self.ledger.known_runs(older)
-        doubtful = {task_id for key, task_id in older.items() if key not in known} - set(details)
-        self._fetch_details(doubtful, details, report)
+        doubtful = {task_id for key, task_id in older.items() if key not in known}
+        fetched = self._fetch_all(
+            self.client.get_task, sorted(doubtful - details.keys() - unanswered)
+        )
+        report.task_requests += len(fetched)
+        for task_id, result in fetched.items():
+            if isinstance(result, ApiError):
+                self._task_error(task_id, result, report)
+                if not _lasting(result):
+                    unanswered.add(task_id)
+            else:
+                details[task_id] = result
+        later = {
+            key: task_id
+            for key, task_id in older.items()
+            if task_id in unanswered and key not in known
+        }
+        for key in sorted(later):
+            row = rows.pop(key)
+            report.deferred_rows += 1
+            log.warning(
+                "row_deferred", task_id=row.task_id, stream_id=key,
+                reason="its start is uncertain and its task did not answer",
+            )  # fmt: skip
+        return later
 
     def _fold(
         self,
@@ -588,6 +630,14 @@ def _cycle_collector_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+def _lasting(exc: ApiError) -> bool:
+    """Whether asking again cannot help: the API said the thing is not there or not
+    for this key (a 4xx other than 401, 408 and 429)."""
+    return isinstance(exc, ApiStatusError) and 400 <= exc.status < 500 and exc.status not in (
+        401, 408, 429,
+    )  # fmt: skip
 
 
 def _volume(row: Observation) -> tuple[int, int, int, int, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -9,12 +10,15 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from exporter.accounting import NON_TERMINAL
+from exporter.catalogue import NANO
 from exporter.client import NeoClient, RetryPolicy
 from exporter.ledger import Ledger
 from exporter.poller import FULL_LIST_INTERVAL, Poller
 from exporter.selfmetrics import SelfMetrics
+from exporter.simulator import StreamTruth
 from tests.conftest import BUCKETS, usage_row
-from tests.test_poller import DAY, Rig, assert_exact, make_rig
+from tests.test_poller import DAY, START, Rig, assert_exact, make_rig
 from tests.truth import Truth, counted
 
 
@@ -170,3 +174,71 @@ def test_no_payload_escapes_the_poll_loop(tmp_path: Path, pages: list[Any]) -> N
         client.close()
         ledger.close()
         path.unlink(missing_ok=True)
+
+
+DETAILS = "/api/v1/tasks/{id}"
+
+
+def continue_pinned_old_task(
+    rig: Rig, details_status: int
+) -> tuple[Poller, list[StreamTruth], int]:
+    """Rows dated by their task: an old task, pinned, polled once, then continued while its
+    task details answer ``details_status``; 36 polls five minutes apart. Returns the
+    poller, the continuation's runs (ground truth) and the rows deferred meanwhile."""
+    task_id = next(
+        s.task_id for s in rig.world.visible_streams() if s.started_at < START - timedelta(days=2)
+    )
+    rig.pinned = (task_id,)
+    poller = rig.open()
+    assert poller.poll_safely() is not None
+    rig.world.continue_task(task_id)
+    rig.api.faults.down[DETAILS] = details_status
+    deferred = 0
+    for _ in range(36):
+        rig.clock.advance(300)
+        report = poller.poll_safely()
+        assert report is not None
+        deferred += report.deferred_rows
+    new = [s for s in rig.world.visible_streams() if s.task_id == task_id and s.started_at >= START]
+    assert new, "the continuation should have started"
+    assert all(s.status not in NON_TERMINAL for s in new), "and finished during the outage"
+    assert all(s.created_at.timestamp() < rig.baseline for s in new)  # dated by the task
+    return poller, new, deferred
+
+
+def test_a_row_of_uncertain_start_waits_until_its_task_answers(tmp_path: Path) -> None:
+    """The new run of a pinned old task, read by ID, looks older than the baseline, and only
+    task details tell its real start. While they are down the row waits, poll after poll;
+    once they answer, the run counts in full (it used to be taken for history and counted
+    only from there on)."""
+    for rig in make_rig(tmp_path, stream_created_at="task"):
+        poller, new, deferred = continue_pinned_old_task(rig, 503)
+        assert deferred >= 36  # every poll left the row for later
+        assert rig.ledger is not None
+        assert not rig.ledger.known_runs(s.stream_id for s in new)
+
+        rig.api.faults.down.clear()
+        rig.clock.advance(300)
+        report = poller.poll_safely()
+        assert report is not None
+        assert report.deferred_rows == 0
+        runs = rig.ledger.load_runs([s.stream_id for s in new])
+        for stream in new:
+            run = runs[stream.stream_id]
+            assert (run.baselined, run.finished) == (False, True)
+            assert (run.credits, run.steps, run.tool_calls, run.exec_ms) == (
+                int(stream.credits * NANO), stream.steps, stream.tool_calls, stream.exec_ms,
+            )  # fmt: skip
+            assert sum(end - start for start, end in run.tools_seen) == len(stream.tool_durations)
+
+
+def test_a_row_whose_task_never_answers_is_taken_at_its_word(tmp_path: Path) -> None:
+    """Task details that answer 404 (a teammate's task, say) never will: the row is not
+    kept waiting forever but folded at its own date, as history, once."""
+    for rig in make_rig(tmp_path, stream_created_at="task"):
+        _, new, deferred = continue_pinned_old_task(rig, 404)
+        assert deferred == 0
+        assert rig.ledger is not None
+        runs = rig.ledger.load_runs([s.stream_id for s in new])
+        assert {s.stream_id for s in new} == runs.keys()
+        assert all(run.baselined for run in runs.values())

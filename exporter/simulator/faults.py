@@ -62,6 +62,9 @@ class Faults:
     null_fields: bool = False
     unknown_status: bool = False
     wrong_type_rate: float = 0.0
+    # Endpoint templates (such as "/api/v1/tasks/{id}") that answer with the given error
+    # status until removed, as when one backend of the API is down (503) or refuses (404).
+    down: dict[str, int] = field(default_factory=dict)
     seed: int = 0
     _burst_left: int = field(default=0, repr=False)
     _burst_status: int = field(default=503, repr=False)
@@ -90,9 +93,13 @@ class Faults:
         with self._lock:
             return self._rng.random() < rate
 
-    def failure(self) -> Failure | None:
-        """Whether this request fails before it reaches the API, and how."""
+    def failure(self, template: str = "") -> Failure | None:
+        """Whether this request (to the endpoint ``template``) fails before it reaches
+        the API, and how."""
         with self._lock:
+            status = self.down.get(template)
+            if status is not None:
+                return Failure(status, {}, "Injected endpoint outage", "internal")
             if self._burst_left > 0:
                 self._burst_left -= 1
                 return Failure(self._burst_status, {}, "Injected failure burst", "internal")

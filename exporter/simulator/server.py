@@ -169,7 +169,7 @@ class SimulatedApi:
         faults = self.faults
         if faults.latency > 0:
             time.sleep(faults.latency)
-        failure = faults.failure()
+        failure = faults.failure(template)
         if failure is not None:
             body = error_body(failure.status, failure.code, failure.error)
             return failure.status, body, failure.headers
