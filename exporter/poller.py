@@ -59,6 +59,9 @@ ACCOUNT_INTERVAL = 300.0  # seconds between reads of the account balance
 # evicted from memory every EVICT_INTERVAL (or lookback, if shorter).
 HOT_LOOKBACKS = 2
 EVICT_INTERVAL = 3600.0
+# How long a new row whose start only its task can tell waits for the task to answer
+# (from the first of its task's awaited runs), before it is taken at its word.
+DEFER_LIMIT = 3600.0
 
 
 @dataclass
@@ -231,16 +234,13 @@ class Poller:
         self._poll_pinned(rows, report, changes)
         listed = self._poll_live_tasks(rows, report, details, gone)
         unanswered: set[str] = set()
-        later = self._resolve_old_streams(rows, baseline, details, report, unanswered)
+        later = self._resolve_old_streams(rows, baseline, details, stamp, report, unanswered)
         awaited, done = self._fetch_awaited(rows, baseline, details, report, now, gone)
         # And those of the rows just read by ID, without asking a task twice.
-        later.update(self._resolve_old_streams(rows, baseline, details, report, unanswered))
-        # A run left for later has not finished in this poll, and a pinned task of one is
-        # read again at the next, however unchanged its usage.
-        done -= later.keys()
-        for task_id in set(later.values()):
-            changes.meta.pop(f"pinned:{task_id}", None)
+        later |= self._resolve_old_streams(rows, baseline, details, stamp, report, unanswered)
+        done -= later.keys()  # a run left for later has not finished in this poll
         ended = self._fold(rows, baseline, details, listed, changes, report, now)
+        self._defer(later, awaited, changes, report, stamp)
         self._settle(awaited, done, ended, changes, now, gone)
         if self.account is not None and stamp >= self._account_due:
             # The balance moves slowly and its alerts look at hours: read it every
@@ -495,17 +495,18 @@ class Poller:
         rows: dict[str, Observation],
         baseline: float,
         details: dict[str, TaskDetails],
+        stamp: float,
         report: PollReport,
         unanswered: set[str],
-    ) -> dict[str, str]:
+    ) -> dict[str, Observation]:
         """A new stream whose row looks older than the baseline may carry its task's date
         (or a broken one): ask the task for the stream's own start before treating it as
-        history. A row whose task did not answer is taken out of ``rows`` and left for a
-        later poll, which asks again: folded at its own date it would count as history,
-        never in full. Only a task the API calls gone or forbidden answers never; its rows
-        are taken at their word. ``unanswered`` gathers the tasks that did not answer in
-        this poll, which are not asked again. Returns the rows left for later, with their
-        tasks."""
+        history. A row whose task did not answer is taken out of ``rows`` for a later poll
+        to ask again (see ``_defer``): folded at its own date it would count as history,
+        never in full. It is taken at its word, as before, once its task has awaited runs
+        for DEFER_LIMIT, or when the task answered that it is gone or forbidden (it never
+        will answer). ``unanswered`` gathers the tasks that did not answer in this poll,
+        which are not asked again. Returns the rows taken out."""
         older = {key: row.task_id for key, row in rows.items() if row.started_at < baseline}
         if not older:
             return {}
@@ -522,19 +523,39 @@ class Poller:
                     unanswered.add(task_id)
             else:
                 details[task_id] = result
-        later = {
-            key: task_id
-            for key, task_id in older.items()
-            if task_id in unanswered and key not in known
-        }
-        for key in sorted(later):
-            row = rows.pop(key)
-            report.deferred_rows += 1
+        later = {}
+        for key, task_id in older.items():
+            if task_id not in unanswered or key in known:
+                continue
+            record = self.ledger.task(task_id)
+            if record and record.awaiting and stamp - record.awaiting_since > DEFER_LIMIT:
+                continue  # waited long enough
+            later[key] = rows.pop(key)
+        return later
+
+    def _defer(
+        self,
+        later: dict[str, Observation],
+        awaited: dict[str, tuple[set[str], float]],
+        changes: PollChanges,
+        report: PollReport,
+        stamp: float,
+    ) -> None:
+        """The runs left for later are awaited: their task is read by ID at every poll
+        until they are counted (or, after DEFER_LIMIT, taken at their word), and a pinned
+        one is read again however unchanged its usage. Called after the fold."""
+        report.deferred_rows = len(later)
+        for key, row in sorted(later.items()):
             log.warning(
                 "row_deferred", task_id=row.task_id, stream_id=key,
                 reason="its start is uncertain and its task did not answer",
             )  # fmt: skip
-        return later
+            ids, since = awaited.get(row.task_id, (set(), stamp))
+            awaited[row.task_id] = (ids | {key}, since)
+            changes.meta.pop(f"pinned:{row.task_id}", None)
+            if row.task_id not in changes.tasks and self.ledger.task(row.task_id) is None:
+                # Out of view (no activity yet) until a row of it is folded.
+                changes.tasks[row.task_id] = TaskRecord(row.model, "unknown", 0.0, False)
 
     def _fold(
         self,

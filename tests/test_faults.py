@@ -14,7 +14,7 @@ from exporter.accounting import NON_TERMINAL
 from exporter.catalogue import NANO
 from exporter.client import NeoClient, RetryPolicy
 from exporter.ledger import Ledger
-from exporter.poller import FULL_LIST_INTERVAL, Poller
+from exporter.poller import DEFER_LIMIT, FULL_LIST_INTERVAL, Poller
 from exporter.selfmetrics import SelfMetrics
 from exporter.simulator import StreamTruth
 from tests.conftest import BUCKETS, usage_row
@@ -179,12 +179,9 @@ def test_no_payload_escapes_the_poll_loop(tmp_path: Path, pages: list[Any]) -> N
 DETAILS = "/api/v1/tasks/{id}"
 
 
-def continue_pinned_old_task(
-    rig: Rig, details_status: int
-) -> tuple[Poller, list[StreamTruth], int]:
-    """Rows dated by their task: an old task, pinned, polled once, then continued while its
-    task details answer ``details_status``; 36 polls five minutes apart. Returns the
-    poller, the continuation's runs (ground truth) and the rows deferred meanwhile."""
+def continue_pinned_old_task(rig: Rig) -> tuple[Poller, str]:
+    """Rows dated by their task: an old task, pinned and polled once, then continued (its
+    new run starts now, and its row carries the task's old date)."""
     task_id = next(
         s.task_id for s in rig.world.visible_streams() if s.started_at < START - timedelta(days=2)
     )
@@ -192,18 +189,27 @@ def continue_pinned_old_task(
     poller = rig.open()
     assert poller.poll_safely() is not None
     rig.world.continue_task(task_id)
-    rig.api.faults.down[DETAILS] = details_status
+    return poller, task_id
+
+
+def polls(rig: Rig, poller: Poller, count: int) -> int:
+    """``count`` polls five minutes apart; returns the rows they deferred."""
     deferred = 0
-    for _ in range(36):
+    for _ in range(count):
         rig.clock.advance(300)
         report = poller.poll_safely()
         assert report is not None
         deferred += report.deferred_rows
-    new = [s for s in rig.world.visible_streams() if s.task_id == task_id and s.started_at >= START]
-    assert new, "the continuation should have started"
-    assert all(s.status not in NON_TERMINAL for s in new), "and finished during the outage"
-    assert all(s.created_at.timestamp() < rig.baseline for s in new)  # dated by the task
-    return poller, new, deferred
+    return deferred
+
+
+def new_runs(rig: Rig, task_id: str) -> list[StreamTruth]:
+    found = [
+        s for s in rig.world.visible_streams() if s.task_id == task_id and s.started_at >= START
+    ]
+    assert found, "the continuation should have started"
+    assert all(s.created_at.timestamp() < rig.baseline for s in found)  # dated by the task
+    return found
 
 
 def test_a_row_of_uncertain_start_waits_until_its_task_answers(tmp_path: Path) -> None:
@@ -212,16 +218,16 @@ def test_a_row_of_uncertain_start_waits_until_its_task_answers(tmp_path: Path) -
     once they answer, the run counts in full (it used to be taken for history and counted
     only from there on)."""
     for rig in make_rig(tmp_path, stream_created_at="task"):
-        poller, new, deferred = continue_pinned_old_task(rig, 503)
-        assert deferred >= 36  # every poll left the row for later
+        poller, task_id = continue_pinned_old_task(rig)
+        rig.api.faults.down[DETAILS] = 503
+        assert polls(rig, poller, 10) >= 9  # every poll but the first leaves the row for later
         assert rig.ledger is not None
-        assert not rig.ledger.known_runs(s.stream_id for s in new)
+        assert not rig.ledger.known_runs(s.stream_id for s in new_runs(rig, task_id))
 
         rig.api.faults.down.clear()
-        rig.clock.advance(300)
-        report = poller.poll_safely()
-        assert report is not None
-        assert report.deferred_rows == 0
+        assert polls(rig, poller, 36) == 0
+        new = new_runs(rig, task_id)
+        assert all(s.status not in NON_TERMINAL for s in new), "the run should have finished"
         runs = rig.ledger.load_runs([s.stream_id for s in new])
         for stream in new:
             run = runs[stream.stream_id]
@@ -232,13 +238,32 @@ def test_a_row_of_uncertain_start_waits_until_its_task_answers(tmp_path: Path) -
             assert sum(end - start for start, end in run.tools_seen) == len(stream.tool_durations)
 
 
-def test_a_row_whose_task_never_answers_is_taken_at_its_word(tmp_path: Path) -> None:
-    """Task details that answer 404 (a teammate's task, say) never will: the row is not
-    kept waiting forever but folded at its own date, as history, once."""
+def test_a_row_waits_for_its_task_an_hour_at_most(tmp_path: Path) -> None:
+    """Task details down for three hours: the row waits DEFER_LIMIT, then is taken at its
+    word, as history, and recorded once (never lost, never counted twice)."""
     for rig in make_rig(tmp_path, stream_created_at="task"):
-        _, new, deferred = continue_pinned_old_task(rig, 404)
-        assert deferred == 0
+        poller, task_id = continue_pinned_old_task(rig)
+        rig.api.faults.down[DETAILS] = 503
+        waited = polls(rig, poller, int(DEFER_LIMIT // 300) + 2)
+        assert waited >= DEFER_LIMIT // 300
+        assert polls(rig, poller, 30) == 0
+        new = new_runs(rig, task_id)
         assert rig.ledger is not None
         runs = rig.ledger.load_runs([s.stream_id for s in new])
-        assert {s.stream_id for s in new} == runs.keys()
+        assert runs.keys() == {s.stream_id for s in new}
+        assert all(run.baselined for run in runs.values())
+        assert not rig.ledger.task(task_id).awaiting  # type: ignore[union-attr]
+
+
+def test_a_row_whose_task_never_answers_is_taken_at_its_word(tmp_path: Path) -> None:
+    """Task details that answer 404 (a teammate's task, say) never will: the row does not
+    wait but is folded at its own date, as history, once."""
+    for rig in make_rig(tmp_path, stream_created_at="task"):
+        poller, task_id = continue_pinned_old_task(rig)
+        rig.api.faults.down[DETAILS] = 404
+        assert polls(rig, poller, 36) == 0
+        new = new_runs(rig, task_id)
+        assert rig.ledger is not None
+        runs = rig.ledger.load_runs([s.stream_id for s in new])
+        assert runs.keys() == {s.stream_id for s in new}
         assert all(run.baselined for run in runs.values())
