@@ -212,6 +212,15 @@ def new_runs(rig: Rig, task_id: str) -> list[StreamTruth]:
     return found
 
 
+def assert_taken_as_history(rig: Rig, task_id: str) -> None:
+    """Each new run of the task is in the ledger once, as a run from before the baseline."""
+    assert rig.ledger is not None
+    new = new_runs(rig, task_id)
+    runs = rig.ledger.load_runs([s.stream_id for s in new])
+    assert runs.keys() == {s.stream_id for s in new}
+    assert all(run.baselined for run in runs.values())
+
+
 def test_a_row_of_uncertain_start_waits_until_its_task_answers(tmp_path: Path) -> None:
     """The new run of a pinned old task, read by ID, looks older than the baseline, and only
     task details tell its real start. While they are down the row waits, poll after poll;
@@ -247,11 +256,7 @@ def test_a_row_waits_for_its_task_an_hour_at_most(tmp_path: Path) -> None:
         waited = polls(rig, poller, int(DEFER_LIMIT // 300) + 2)
         assert waited >= DEFER_LIMIT // 300
         assert polls(rig, poller, 30) == 0
-        new = new_runs(rig, task_id)
-        assert rig.ledger is not None
-        runs = rig.ledger.load_runs([s.stream_id for s in new])
-        assert runs.keys() == {s.stream_id for s in new}
-        assert all(run.baselined for run in runs.values())
+        assert_taken_as_history(rig, task_id)
         assert not rig.ledger.task(task_id).awaiting  # type: ignore[union-attr]
 
 
@@ -262,8 +267,4 @@ def test_a_row_whose_task_never_answers_is_taken_at_its_word(tmp_path: Path) -> 
         poller, task_id = continue_pinned_old_task(rig)
         rig.api.faults.down[DETAILS] = 404
         assert polls(rig, poller, 36) == 0
-        new = new_runs(rig, task_id)
-        assert rig.ledger is not None
-        runs = rig.ledger.load_runs([s.stream_id for s in new])
-        assert runs.keys() == {s.stream_id for s in new}
-        assert all(run.baselined for run in runs.values())
+        assert_taken_as_history(rig, task_id)
