@@ -298,13 +298,17 @@ class Poller:
         details: dict[str, TaskDetails],
         report: PollReport,
         gone: set[str] | None = None,
+        unanswered: set[str] | None = None,
     ) -> None:
-        """Task details of ``task_ids`` into ``details``; failures are logged and counted."""
+        """Task details of ``task_ids`` into ``details``; failures are logged and counted,
+        and those that asking again may mend are added to ``unanswered``."""
         fetched = self._fetch_all(self.client.get_task, sorted(task_ids))
         report.task_requests += len(fetched)
         for task_id, result in fetched.items():
             if isinstance(result, ApiError):
                 self._task_error(task_id, result, report, gone)
+                if unanswered is not None and not _lasting(result):
+                    unanswered.add(task_id)
             else:
                 details[task_id] = result
 
@@ -512,17 +516,9 @@ class Poller:
             return {}
         known = self.ledger.known_runs(older)
         doubtful = {task_id for key, task_id in older.items() if key not in known}
-        fetched = self._fetch_all(
-            self.client.get_task, sorted(doubtful - details.keys() - unanswered)
+        self._fetch_details(
+            doubtful - details.keys() - unanswered, details, report, unanswered=unanswered
         )
-        report.task_requests += len(fetched)
-        for task_id, result in fetched.items():
-            if isinstance(result, ApiError):
-                self._task_error(task_id, result, report)
-                if not _lasting(result):
-                    unanswered.add(task_id)
-            else:
-                details[task_id] = result
         later = {}
         for key, task_id in older.items():
             if task_id not in unanswered or key in known:
