@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import count
 from operator import attrgetter, eq
+from typing import NamedTuple
 
 import msgspec
 
@@ -45,6 +46,14 @@ GUARDED_LABELS = ("model", "status", "tool", "agent")  # capped by LabelGuard
 EXEMPLAR_COUNTERS = frozenset({RUN_COUNTERS["credits"].name})
 EXEMPLAR_FIELDS = tuple(f for f, name in COUNTER_NAMES.items() if name in EXEMPLAR_COUNTERS)
 Ranges = list[list[int]]  # sorted, disjoint half-open [start, end) ranges of counted indices
+
+
+class FirstSight(NamedTuple):
+    """What a baselined run held besides its values when first seen: its agents and the
+    indices of its tool calls (its values are in ``RunState.uncounted``)."""
+
+    agents: dict[str, int]
+    tools_seen: Ranges
 
 
 def to_nano(amount: Decimal | None) -> int:
@@ -99,6 +108,9 @@ class RunState:
     # A baselined run's values when first seen: the part live counters never counted,
     # which a history backfill ending at the baseline adds instead.
     uncounted: dict[str, int] | None = None
+    # Set on a baselined run whose start only its row told (a row may carry its task's
+    # date), while its task's details do not answer: see ``count_in_full``.
+    unconfirmed: FirstSight | None = None
 
 
 @dataclass(slots=True)
@@ -387,3 +399,45 @@ def apply(
             deltas.observe(RUN_DURATION.name, labels, state.exec_ms, obs.task_id)
     state.model, state.status, state.fingerprint = obs.model, obs.status, obs.fingerprint
     return state
+
+
+def count_in_full(state: RunState) -> None:
+    """A run taken for history (baselined) turned out to have started after the baseline:
+    bring its state back to what the counters hold of it, so that folding its row next
+    counts the rest, as if it had been counted in full from its first sight. That rest is
+    its first-sight values, agents and tool calls, and the run itself if it has finished.
+
+    Only an ``unconfirmed`` run can be counted in full: it keeps its first sight for that.
+    """
+    first = state.unconfirmed
+    if first is None or not state.baselined:
+        raise ValueError(f"run {state.stream_id} was not taken for history in doubt")
+    for name, amount in (state.uncounted or {}).items():
+        setattr(state, name, getattr(state, name) - amount)
+    for agent, amount in first.agents.items():
+        left = state.agents.get(agent, 0) - amount
+        if left > 0:
+            state.agents[agent] = left
+        else:
+            state.agents.pop(agent, None)
+    state.tools_seen = subtract_ranges(state.tools_seen, first.tools_seen)
+    state.baselined = state.finished = False
+    state.uncounted = state.unconfirmed = None
+
+
+def subtract_ranges(ranges: Ranges, taken: Ranges) -> Ranges:
+    """The indices of ``ranges`` not in ``taken``, as ranges."""
+    left: Ranges = []
+    for first, end in ranges:
+        start = first
+        for cut_start, cut_end in taken:
+            if cut_end <= start or cut_start >= end:
+                continue
+            if cut_start > start:
+                left.append([start, cut_start])
+            start = max(start, cut_end)
+            if start >= end:
+                break
+        if start < end:
+            left.append([start, end])
+    return left

@@ -15,7 +15,7 @@ import math
 import sqlite3
 import sys
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,17 +64,22 @@ def collect_events(
     start: float,
     end: float,
     uncounted: Mapping[str, dict[str, int]] | None = None,
+    doubtful: Collection[str] = (),
 ) -> list[Event]:
     """One event per run started in [start, end), at its finish time (capped below end).
 
     ``uncounted`` maps the live exporter's baselined runs to what they held when it
     first saw them: only that part is backfilled, as the live counters hold the rest.
     Such a run is backfilled even while it still runs, since that part no longer changes.
+    Runs in ``doubtful`` are left out: the live exporter took them for history while
+    unsure, and would count that part itself should they turn out to be new.
     """
     known = uncounted or {}
     events: dict[str, Event] = {}
     for row in rows:
         obs = Observation.from_row(row)
+        if obs.stream_id in doubtful:
+            continue
         before_live = known.get(obs.stream_id)
         if not start <= obs.started_at < end or not (obs.terminal or before_live is not None):
             continue
@@ -203,7 +208,7 @@ def run_backfill(
         rows, invalid = fetch_rows(client, start, end)
     if sys.stderr.isatty():
         sys.stderr.write("\n")
-    events = collect_events(rows, start.timestamp(), end.timestamp(), live.uncounted)
+    events = collect_events(rows, start.timestamp(), end.timestamp(), live.uncounted, live.doubtful)
     if output is None:
         result = write_openmetrics(
             events, sys.stdout, start=start.timestamp(), end=end.timestamp(), step=step,
@@ -224,6 +229,12 @@ def run_backfill(
             if live.unknown
             else ""
         )
+        + (
+            f"; {len(live.doubtful)} runs whose start the live exporter has not confirmed "
+            "are left out: it counts them itself should they prove new"
+            if live.doubtful
+            else ""
+        )
     )
 
 
@@ -234,6 +245,7 @@ class LiveState:
     baseline: datetime | None = None
     uncounted: dict[str, dict[str, int]] = field(default_factory=dict)
     unknown: int = 0  # baselined runs from a ledger too old to say what they held
+    doubtful: set[str] = field(default_factory=set)  # taken for history while unsure
 
 
 def read_live_state(state_path: Path) -> LiveState:
@@ -251,11 +263,17 @@ def read_live_state(state_path: Path) -> LiveState:
                 (r[0], None) for r in db.execute("SELECT stream_id FROM runs WHERE baselined = 1")
             ]
         )
+        doubtful = (
+            db.execute("SELECT stream_id FROM runs WHERE unconfirmed IS NOT NULL").fetchall()
+            if "unconfirmed" in columns
+            else []
+        )
     except sqlite3.Error as exc:
         raise StateError(f"cannot read the state file {state_path}: {exc}") from None
     finally:
         db.close()
     state = LiveState(datetime.fromtimestamp(float(found[0]), UTC) if found else None)
+    state.doubtful = {row[0] for row in doubtful}
     for stream_id, raw in rows:
         if raw is None:
             state.unknown += 1

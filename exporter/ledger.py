@@ -14,14 +14,14 @@ from typing import Any, NamedTuple
 import msgspec
 import structlog
 
-from exporter.accounting import Deltas, LabelGuard, RunState
+from exporter.accounting import Deltas, FirstSight, LabelGuard, RunState
 from exporter.catalogue import HISTOGRAMS
 from exporter.errors import StateError
 from exporter.histograms import Exemplar, ExemplarKey, Histogram, Labels, SeriesKey, bin_poll
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RECOVERY = (
     "the exporter will not start from zero on its own, because that would count every run "
     "in the lookback window a second time. Restore the file from a backup, or move it aside "
@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS runs (
     neo_cost INTEGER NOT NULL, steps INTEGER NOT NULL, tool_calls INTEGER NOT NULL,
     agent_triggers INTEGER NOT NULL, llm_ms INTEGER NOT NULL, tool_ms INTEGER NOT NULL,
     exec_ms INTEGER NOT NULL, agents TEXT NOT NULL, tools_seen TEXT NOT NULL,
-    fingerprint INTEGER, uncounted TEXT
+    fingerprint INTEGER, uncounted TEXT, unconfirmed TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS runs_by_task ON runs (task_id);
 CREATE TABLE IF NOT EXISTS counters (
@@ -60,17 +60,21 @@ CREATE TABLE IF NOT EXISTS tasks (
 RUN_COLUMNS = (
     "stream_id", "task_id", "started_at", "model", "status", "baselined", "finished",
     "credits", "llm_cost", "neo_cost", "steps", "tool_calls", "agent_triggers", "llm_ms",
-    "tool_ms", "exec_ms", "agents", "tools_seen", "fingerprint", "uncounted",
+    "tool_ms", "exec_ms", "agents", "tools_seen", "fingerprint", "uncounted", "unconfirmed",
 )  # fmt: skip
 # Version 1 lacked runs.uncounted (its baselined runs read as "first-sight values
-# unknown") and tasks.awaiting (its tasks await nothing).
+# unknown") and tasks.awaiting (its tasks await nothing); version 2 lacked
+# runs.unconfirmed (its baselined runs are history for sure).
+_TO_3 = ("ALTER TABLE runs ADD COLUMN unconfirmed TEXT",)
 MIGRATIONS = {
     "1": (
         "ALTER TABLE runs ADD COLUMN uncounted TEXT",
         "ALTER TABLE tasks ADD COLUMN awaiting TEXT NOT NULL DEFAULT '[]'",
         "ALTER TABLE tasks ADD COLUMN awaiting_since REAL NOT NULL DEFAULT 0",
         "ALTER TABLE tasks ADD COLUMN follow_until REAL NOT NULL DEFAULT 0",
-    )
+        *_TO_3,
+    ),
+    "2": _TO_3,
 }
 # Runs are evicted from memory by start, this many seconds of starts at a time.
 EVICT_BUCKET = 600
@@ -114,6 +118,7 @@ def _row(state: RunState) -> tuple[object, ...]:
         state.neo_cost, state.steps, state.tool_calls, state.agent_triggers, state.llm_ms,
         state.tool_ms, state.exec_ms, _to_json(state.agents), _ranges_json(state.tools_seen),
         state.fingerprint, None if state.uncounted is None else _to_json(state.uncounted),
+        None if state.unconfirmed is None else _to_json(state.unconfirmed),
     )  # fmt: skip
 
 
@@ -167,7 +172,13 @@ def _state(row: sqlite3.Row) -> RunState:
         exec_ms=row["exec_ms"], agents=json.loads(row["agents"]),
         tools_seen=json.loads(row["tools_seen"]), fingerprint=row["fingerprint"],
         uncounted=None if row["uncounted"] is None else json.loads(row["uncounted"]),
+        unconfirmed=None if row["unconfirmed"] is None else _first_sight(row["unconfirmed"]),
     )  # fmt: skip
+
+
+def _first_sight(text: str) -> FirstSight:
+    agents, tools_seen = json.loads(text)
+    return FirstSight(agents, tools_seen)
 
 
 class Ledger:

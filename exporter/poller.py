@@ -19,9 +19,11 @@ from exporter.account import AccountReader
 from exporter.accounting import (
     NON_TERMINAL,
     Deltas,
+    FirstSight,
     Observation,
     RunState,
     apply,
+    count_in_full,
     row_fingerprint,
     to_nano,
 )
@@ -59,9 +61,6 @@ ACCOUNT_INTERVAL = 300.0  # seconds between reads of the account balance
 # evicted from memory every EVICT_INTERVAL (or lookback, if shorter).
 HOT_LOOKBACKS = 2
 EVICT_INTERVAL = 3600.0
-# How long a new row whose start only its task can tell waits for the task to answer
-# (from the first of its task's awaited runs), before it is taken at its word.
-DEFER_LIMIT = 3600.0
 
 
 @dataclass
@@ -75,7 +74,8 @@ class PollReport:
     invalid_rows: int = 0
     pages: int = 0
     task_requests: int = 0
-    deferred_rows: int = 0  # new rows of an uncertain start, left for a later poll
+    unconfirmed_rows: int = 0  # new rows taken for history until their task tells
+    runs_confirmed: int = 0  # runs so taken that their task showed to be new after all
     full_listing: bool = True  # the whole lookback window was listed
     warnings: list[str] = field(default_factory=list)
 
@@ -172,7 +172,8 @@ class Poller:
             pages=report.pages,
             full_listing=report.full_listing,
             task_requests=report.task_requests,
-            rows_deferred=report.deferred_rows,
+            rows_unconfirmed=report.unconfirmed_rows,
+            runs_confirmed=report.runs_confirmed,
             duration_seconds=round(time.monotonic() - started, 3),
         )
         return report
@@ -234,13 +235,15 @@ class Poller:
         self._poll_pinned(rows, report, changes)
         listed = self._poll_live_tasks(rows, report, details, gone)
         unanswered: set[str] = set()
-        later = self._resolve_old_streams(rows, baseline, details, stamp, report, unanswered)
+        self._resolve_old_streams(rows, baseline, details, report, unanswered)
         awaited, done = self._fetch_awaited(rows, baseline, details, report, now, gone)
         # And those of the rows just read by ID, without asking a task twice.
-        later |= self._resolve_old_streams(rows, baseline, details, stamp, report, unanswered)
-        done -= later.keys()  # a run left for later has not finished in this poll
-        ended = self._fold(rows, baseline, details, listed, changes, report, now)
-        self._defer(later, awaited, changes, report, stamp)
+        self._resolve_old_streams(rows, baseline, details, report, unanswered)
+        unsure: list[tuple[RunState, bool]] = []  # taken for history in doubt: see _fold
+        ended = self._fold(
+            rows, baseline, details, listed, changes, report, now, unanswered, unsure
+        )
+        self._await_unconfirmed(unsure, awaited, done, stamp)
         self._settle(awaited, done, ended, changes, now, gone)
         if self.account is not None and stamp >= self._account_due:
             # The balance moves slowly and its alerts look at hours: read it every
@@ -430,7 +433,13 @@ class Poller:
                 held, since = awaited.get(task_id, (set(), now.timestamp()))
                 awaited[task_id] = (held | ended, since)
         wanted = {stream for ids, _ in awaited.values() for stream in ids}
-        done = {s for s, state in self.ledger.load_runs(wanted).items() if state.finished}
+        # A run taken for history in doubt is not done until its task tells its start:
+        # its task is read by ID meanwhile, so that its row is at hand when it does.
+        done = {
+            s
+            for s, state in self.ledger.load_runs(wanted).items()
+            if state.finished and state.unconfirmed is None
+        }
         done |= {s for s in wanted & rows.keys() if rows[s].status not in NON_TERMINAL}
         fetch = {t for t, (ids, _) in awaited.items() if ids - done}
         fetch |= {t for t, r in flagged if r.follow_until > now.timestamp()}
@@ -458,7 +467,12 @@ class Poller:
         """
         stamp = now.timestamp()
         # A finished run stays finished: what was done before the fold still is.
-        finished = done | {state.stream_id for state in changes.runs if state.finished}
+        # (A run taken for history in doubt waits for its task to tell its start.)
+        finished = done | {
+            state.stream_id
+            for state in changes.runs
+            if state.finished and state.unconfirmed is None
+        }
         span = self.listed_span
         settling = set()
         for state in ended:
@@ -474,11 +488,7 @@ class Poller:
             ids, since = awaited.get(task_id, (set(), 0.0))
             left = tuple(sorted(ids - finished)) if task_id not in gone else ()
             if left and stamp - since > give_up:
-                self.metrics.errors.labels("usage_missing").inc(len(left))
-                log.warning(
-                    "run_usage_missing", task_id=task_id, stream_ids=list(left),
-                    awaited_seconds=round(stamp - since),
-                )  # fmt: skip
+                self._give_up(task_id, left, stamp - since, changes)
                 left = ()
             prior = self.ledger.task(task_id)
             record = changes.tasks.get(task_id) or prior
@@ -499,59 +509,65 @@ class Poller:
         rows: dict[str, Observation],
         baseline: float,
         details: dict[str, TaskDetails],
-        stamp: float,
         report: PollReport,
         unanswered: set[str],
-    ) -> dict[str, Observation]:
+    ) -> None:
         """A new stream whose row looks older than the baseline may carry its task's date
         (or a broken one): ask the task for the stream's own start before treating it as
-        history. A row whose task did not answer is taken out of ``rows`` for a later poll
-        to ask again (see ``_defer``): folded at its own date it would count as history,
-        never in full. It is taken at its word, as before, once its task has awaited runs
-        for DEFER_LIMIT, or when the task answered that it is gone or forbidden (it never
-        will answer). ``unanswered`` gathers the tasks that did not answer in this poll,
-        which are not asked again. Returns the rows taken out."""
+        history, and ask again for a run taken for history while its task did not answer
+        (``RunState.unconfirmed``, see ``_fold``). ``unanswered`` gathers the tasks that
+        did not answer in this poll but may later; they are not asked twice in a poll."""
         older = {key: row.task_id for key, row in rows.items() if row.started_at < baseline}
         if not older:
-            return {}
-        known = self.ledger.known_runs(older)
-        doubtful = {task_id for key, task_id in older.items() if key not in known}
+            return
+        states = self.ledger.load_runs(older)
+        doubtful = {
+            task_id
+            for key, task_id in older.items()
+            if key not in states or states[key].unconfirmed is not None
+        }
         self._fetch_details(
             doubtful - details.keys() - unanswered, details, report, unanswered=unanswered
         )
-        later = {}
-        for key, task_id in older.items():
-            if task_id not in unanswered or key in known:
-                continue
-            record = self.ledger.task(task_id)
-            if record and record.awaiting and stamp - record.awaiting_since > DEFER_LIMIT:
-                continue  # waited long enough
-            later[key] = rows.pop(key)
-        return later
 
-    def _defer(
+    def _await_unconfirmed(
         self,
-        later: dict[str, Observation],
+        unsure: list[tuple[RunState, bool]],
         awaited: dict[str, tuple[set[str], float]],
-        changes: PollChanges,
-        report: PollReport,
+        done: set[str],
         stamp: float,
     ) -> None:
-        """The runs left for later are awaited: their task is read by ID at every poll
-        until they are counted (or, after DEFER_LIMIT, taken at their word), and a pinned
-        one is read again however unchanged its usage. Called after the fold."""
-        report.deferred_rows = len(later)
-        for key, row in sorted(later.items()):
+        """Runs first taken for history in doubt (see ``_fold``) are awaited: their task
+        is read by ID, and asked for its details, at every poll until it tells their
+        start, or until ``_settle`` gives up. None of them is done while in doubt."""
+        for state, first in unsure:
+            done.discard(state.stream_id)
+            if first:
+                ids, since = awaited.get(state.task_id, (set(), stamp))
+                awaited[state.task_id] = (ids | {state.stream_id}, since)
+
+    def _give_up(
+        self, task_id: str, left: tuple[str, ...], waited: float, changes: PollChanges
+    ) -> None:
+        """Stop awaiting runs that a task has been awaiting too long."""
+        wanted = set(left)
+        states = {state.stream_id: state for state in changes.runs if state.stream_id in wanted}
+        states.update(self.ledger.load_runs(wanted - states.keys()))
+        unsure = [s for s in left if s in states and states[s].unconfirmed is not None]
+        missing = [s for s in left if s not in unsure]
+        if missing:
+            self.metrics.errors.labels("usage_missing").inc(len(missing))
             log.warning(
-                "row_deferred", task_id=row.task_id, stream_id=key,
-                reason="its start is uncertain and its task did not answer",
+                "run_usage_missing", task_id=task_id, stream_ids=missing,
+                awaited_seconds=round(waited),
             )  # fmt: skip
-            ids, since = awaited.get(row.task_id, (set(), stamp))
-            awaited[row.task_id] = (ids | {key}, since)
-            changes.meta.pop(f"pinned:{row.task_id}", None)
-            if row.task_id not in changes.tasks and self.ledger.task(row.task_id) is None:
-                # Out of view (no activity yet) until a row of it is folded.
-                changes.tasks[row.task_id] = TaskRecord(row.model, "unknown", 0.0, False)
+        if unsure:
+            # Counted as history, from its first sight on; still counted in full should
+            # its row and its task's details ever come in the same poll.
+            log.warning(
+                "run_start_unconfirmed", task_id=task_id, stream_ids=unsure,
+                awaited_seconds=round(waited),
+            )  # fmt: skip
 
     def _fold(
         self,
@@ -562,8 +578,18 @@ class Poller:
         changes: PollChanges,
         report: PollReport,
         now: datetime,
+        unanswered: set[str],
+        unsure: list[tuple[RunState, bool]],
     ) -> list[RunState]:
-        """Apply every row to its run; returns the runs first seen finished in this poll."""
+        """Apply every row to its run; returns the runs first seen finished in this poll.
+
+        A new run whose row says it started before the baseline, while its task's details
+        (which alone tell its own start) did not answer, is taken for history, as its row
+        says, but in doubt (``unconfirmed``): its task is asked again at every poll, and
+        when it answers that the run started after the baseline, the run is counted in
+        full from then on (``count_in_full``). Such runs are added to ``unsure``, with
+        whether this is their first sight.
+        """
         ended: list[RunState] = []
         starts = {
             stream.stream_id: stream.created_at.timestamp()
@@ -580,7 +606,15 @@ class Poller:
             started = starts.get(key, obs.started_at)
             obs.started_at = started
             old = states.get(key)
+            if old is not None and old.unconfirmed is not None and obs.task_id not in unanswered:
+                self._confirm(old, started, baseline, report)
             state = apply(old, obs, baselined=started < baseline, guard=guard, deltas=deltas)
+            if state.baselined and (
+                state.unconfirmed is not None
+                or (old is None and key not in starts and obs.task_id in unanswered)
+            ):
+                self._doubt(state, old is None, report)
+                unsure.append((state, old is None))
             runs.append(state)
             if state.finished and (old is None or not old.finished):
                 ended.append(state)
@@ -605,6 +639,32 @@ class Poller:
         changes.tasks = tasks
         report.rows = len(rows)
         return ended
+
+    @staticmethod
+    def _confirm(state: RunState, started: float, baseline: float, report: PollReport) -> None:
+        """A run taken for history in doubt, now that its start is known: from its task's
+        details, or from its row when they answered without it or never will (403, 404)."""
+        state.started_at = started
+        if started >= baseline:
+            count_in_full(state)  # the fold of its row counts the rest
+            report.runs_confirmed += 1
+            log.info("run_counted_in_full", task_id=state.task_id, stream_id=state.stream_id)
+        else:
+            state.unconfirmed = None  # history indeed
+
+    @staticmethod
+    def _doubt(state: RunState, first: bool, report: PollReport) -> None:
+        """Keep what a run taken for history in doubt held when first seen, and have its
+        row read and folded at every poll (no fingerprint to find it unchanged by)."""
+        if first:
+            state.unconfirmed = FirstSight(dict(state.agents), [r[:] for r in state.tools_seen])
+            report.unconfirmed_rows += 1
+            log.warning(
+                "row_start_unconfirmed", task_id=state.task_id, stream_id=state.stream_id,
+                reason="its row dates it before the baseline and its task's details did not "
+                "answer: counted as history until they do",
+            )  # fmt: skip
+        state.fingerprint = None
 
     def _after_commit(self, deltas: Deltas) -> None:
         for name, count in deltas.decreases.items():

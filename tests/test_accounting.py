@@ -11,12 +11,15 @@ from hypothesis import strategies as st
 
 from exporter.accounting import (
     Deltas,
+    FirstSight,
     LabelGuard,
     Observation,
     RunState,
     _mark,
     apply,
+    count_in_full,
     row_fingerprint,
+    subtract_ranges,
     to_nano,
 )
 from exporter.models import read_usage
@@ -224,3 +227,102 @@ def test_each_tool_call_is_observed_once_however_histories_arrive(
     assert sorted(observed) == sorted(seen.values())
     assert state is not None
     assert {i for start, end in state.tools_seen for i in range(start, end)} == set(seen)
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60)), max_size=6),
+    st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60)), max_size=6),
+)
+def test_subtract_ranges_is_set_difference(
+    first: list[tuple[int, int]], second: list[tuple[int, int]]
+) -> None:
+    def ranges(indices: set[int]) -> list[list[int]]:
+        marked: list[list[int]] = []
+        for index in sorted(indices):
+            _mark(marked, index)
+        return marked
+
+    a = {i for start, end in first for i in range(start, end)}
+    b = {i for start, end in second for i in range(start, end)}
+    assert subtract_ranges(ranges(a), ranges(b)) == ranges(a - b)
+
+
+# One poll's growth of a run: credits (millionths), steps, recon triggers, tool calls, and
+# whether it has finished by then.
+growth = st.tuples(
+    st.integers(0, 10**6), st.integers(0, 20), st.integers(0, 3), st.integers(0, 4), st.booleans()
+)
+
+
+def snapshots(polls: list[tuple[int, int, int, int, bool]]) -> list[Observation]:
+    """A run's rows, poll after poll: cumulative values, a history that grows at its end
+    (each call's duration fixed), and once finished, finished for good and unchanged (the
+    per-run histograms hold a run's values when first seen finished)."""
+    rows: list[Observation] = []
+    credits = steps = recon = calls = 0
+    for more_credits, more_steps, more_recon, more_calls, ends in polls:
+        if rows and rows[-1].terminal:
+            rows.append(rows[-1])
+            continue
+        credits, steps, recon = credits + more_credits, steps + more_steps, recon + more_recon
+        calls += more_calls
+        history = [
+            {"index": i, "tool_name": ("bash", "grep")[i % 2], "duration_ms": 100 + i}
+            for i in range(calls)
+        ]
+        status = "completed" if ends else "running"
+        agents = {"recon": recon, "triage": steps}
+        rows.append(
+            observe(
+                neo_credits=Decimal(credits) / 10**6,
+                step_count=steps,
+                tool_calls=calls,
+                agent_breakdown=agents,
+                tool_call_history=history,
+                status=status,
+            )
+        )
+    return rows
+
+
+def totals(all_deltas: list[Deltas]) -> tuple[dict[str, int], list[tuple[str, str, int]]]:
+    """Counter sums by name (labels vary with the status at each poll) and observations
+    by name, model or tool label, and value."""
+    sums: dict[str, int] = {}
+    seen: list[tuple[str, str, int]] = []
+    for deltas in all_deltas:
+        for (name, _labels), amount in deltas.counters.items():
+            sums[name] = sums.get(name, 0) + amount
+        seen += [(name, labels[-1] if "tool" in name else labels[0], value)
+                 for name, labels, value in deltas.observations]  # fmt: skip
+    return sums, sorted(seen)
+
+
+@given(st.lists(growth, min_size=1, max_size=6), st.integers(1, 6))
+def test_a_run_counted_in_full_late_counts_as_from_its_first_sight(
+    polls: list[tuple[int, int, int, int, bool]], confirmed_at: int
+) -> None:
+    """A run taken for history in doubt, then shown to be new (``count_in_full``) at any
+    poll: its counters and observations sum to what counting it in full from its first
+    sight gives, neither less nor more, and later polls count only growth."""
+    rows = snapshots(polls)
+    confirmed_at = min(confirmed_at, len(rows))
+    reference: list[Deltas] = []
+    state: RunState | None = None
+    for row in rows:
+        state, deltas = fold(state, row)
+        reference.append(deltas)
+    late: list[Deltas] = []
+    state, deltas = fold(None, rows[0], baselined=True)
+    state.unconfirmed = FirstSight(dict(state.agents), [r[:] for r in state.tools_seen])
+    late.append(deltas)
+    for row in rows[1:confirmed_at]:
+        state, deltas = fold(state, row, baselined=True)
+        late.append(deltas)
+    count_in_full(state)
+    assert (state.baselined, state.uncounted, state.unconfirmed) == (False, None, None)
+    for row in rows[confirmed_at - 1 :]:  # the row of the poll that confirmed it, onwards
+        state, deltas = fold(state, row)
+        late.append(deltas)
+    assert totals(late) == totals(reference)
+    assert state.finished == rows[-1].terminal

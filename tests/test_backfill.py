@@ -94,6 +94,11 @@ def test_collect_events_selects_finished_runs_started_in_the_range() -> None:
     # A run that finished after the end is placed just inside it.
     late = collect_events([row("x", "2026-11-20T09:59:59Z")], start, end)
     assert late[0].at == pytest.approx(end - 0.001)
+    # A run the live exporter took for history in doubt is left to it.
+    rows.append(row("in-doubt", "2026-11-20T09:40:00Z"))
+    doubtful = {"in-doubt": {"credits": 5}, "baselined": {"credits": 7}}
+    events = collect_events(rows, start, end, doubtful, doubtful=["in-doubt"])
+    assert sorted(e.values.get("credits", 0) for e in events) == [7, int(1.25 * NANO)]
 
 
 def test_backfill_and_live_counters_add_up_to_the_ground_truth(tmp_path: Path) -> None:

@@ -10,16 +10,16 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.accounting import NON_TERMINAL
+from exporter.accounting import NON_TERMINAL, RunState
 from exporter.catalogue import NANO
 from exporter.client import NeoClient, RetryPolicy
 from exporter.ledger import Ledger
-from exporter.poller import DEFER_LIMIT, FULL_LIST_INTERVAL, Poller
+from exporter.poller import FULL_LIST_INTERVAL, Poller, PollReport
 from exporter.selfmetrics import SelfMetrics
 from exporter.simulator import StreamTruth
 from tests.conftest import BUCKETS, usage_row
 from tests.test_poller import DAY, START, Rig, assert_exact, make_rig
-from tests.truth import Truth, counted
+from tests.truth import FIELDS, Truth, compare, counted, units
 
 
 def value(metrics: SelfMetrics, name: str, **labels: str) -> float:
@@ -177,94 +177,168 @@ def test_no_payload_escapes_the_poll_loop(tmp_path: Path, pages: list[Any]) -> N
 
 
 DETAILS = "/api/v1/tasks/{id}"
+OLD = timedelta(days=2)
 
 
-def continue_pinned_old_task(rig: Rig) -> tuple[Poller, str]:
-    """Rows dated by their task: an old task, pinned and polled once, then continued (its
-    new run starts now, and its row carries the task's old date)."""
-    task_id = next(
-        s.task_id for s in rig.world.visible_streams() if s.started_at < START - timedelta(days=2)
-    )
-    rig.pinned = (task_id,)
+def continue_pinned_old_tasks(rig: Rig, truth: Truth) -> tuple[Poller, set[str]]:
+    """Rows dated by their task: old tasks, pinned and polled once, then continued (each
+    new run starts now, and its row carries its task's old date). Twenty of them, so that
+    some new runs last long enough to grow over several polls."""
+    old = {s.task_id for s in rig.world.visible_streams() if s.started_at < START - OLD}
+    tasks = set(sorted(old)[:20])
+    rig.pinned = tuple(sorted(tasks))
     poller = rig.open()
     assert poller.poll_safely() is not None
-    rig.world.continue_task(task_id)
-    return poller, task_id
+    truth.after_poll(rig.ledger)  # type: ignore[arg-type]
+    for task_id in tasks:
+        rig.world.continue_task(task_id)
+    return poller, tasks
 
 
-def polls(rig: Rig, poller: Poller, count: int) -> int:
-    """``count`` polls five minutes apart; returns the rows they deferred."""
-    deferred = 0
+def polls(rig: Rig, poller: Poller, truth: Truth, count: int) -> PollReport:
+    """``count`` polls five minutes apart; returns their reports summed up."""
+    total = PollReport()
     for _ in range(count):
         rig.clock.advance(300)
         report = poller.poll_safely()
         assert report is not None
-        deferred += report.deferred_rows
-    return deferred
+        truth.after_poll(rig.ledger)  # type: ignore[arg-type]
+        total.unconfirmed_rows += report.unconfirmed_rows
+        total.runs_confirmed += report.runs_confirmed
+    return total
 
 
-def new_runs(rig: Rig, task_id: str) -> list[StreamTruth]:
-    found = [
-        s for s in rig.world.visible_streams() if s.task_id == task_id and s.started_at >= START
-    ]
+def new_runs(rig: Rig, tasks: set[str]) -> dict[str, StreamTruth]:
+    found = {
+        s.stream_id: s
+        for s in rig.world.visible_streams()
+        if s.task_id in tasks and s.started_at >= START
+    }
     assert found, "the continuation should have started"
-    assert all(s.created_at.timestamp() < rig.baseline for s in found)  # dated by the task
+    assert all(s.created_at.timestamp() < rig.baseline for s in found.values())  # task's date
     return found
 
 
-def assert_taken_as_history(rig: Rig, task_id: str) -> None:
-    """Each new run of the task is in the ledger once, as a run from before the baseline."""
+def held(rig: Rig, streams: dict[str, StreamTruth]) -> dict[str, RunState]:
     assert rig.ledger is not None
-    new = new_runs(rig, task_id)
-    runs = rig.ledger.load_runs([s.stream_id for s in new])
-    assert runs.keys() == {s.stream_id for s in new}
-    assert all(run.baselined for run in runs.values())
+    runs = rig.ledger.load_runs(streams)
+    assert runs.keys() == streams.keys()
+    return runs
 
 
-def test_a_row_of_uncertain_start_waits_until_its_task_answers(tmp_path: Path) -> None:
+def ledger_ids(ledger: Ledger, where: str = "1") -> set[str]:
+    """The runs of the ledger's file, all or those ``where`` says."""
+    return {str(row[0]) for row in ledger.query(f"SELECT stream_id FROM runs WHERE {where}")}
+
+
+def indices(calls: int) -> list[list[int]]:
+    """The counted tool-call ranges of a run with ``calls`` calls."""
+    return [[0, calls]] if calls else []
+
+
+def assert_counted_from_first_sight(rig: Rig, truth: Truth, tasks: set[str]) -> None:
+    """The tasks' new runs are taken for history in doubt: what they held when first seen
+    is not counted, and everything they grew after that is."""
+    new = new_runs(rig, tasks)
+    grown = 0
+    for stream_id, run in held(rig, new).items():
+        now, first = new[stream_id], truth.first_seen[stream_id]
+        assert (run.baselined, run.finished) == (True, now.status not in NON_TERMINAL)
+        assert run.uncounted is not None
+        assert run.unconfirmed is not None
+        for name in FIELDS:
+            assert run.uncounted[name] == units(first, name), name
+            assert getattr(run, name) == units(now, name), name
+        assert run.unconfirmed.tools_seen == indices(len(first.tool_durations))
+        assert run.tools_seen == indices(len(now.tool_durations))
+        grown += run.credits - run.uncounted["credits"]
+    assert grown > 0, "some runs should have grown while their tasks did not answer"
+
+
+def assert_counted_in_full(rig: Rig, truth: Truth, tasks: set[str], *, exact: bool = True) -> None:
+    new = new_runs(rig, tasks)
+    assert all(s.status not in NON_TERMINAL for s in new.values()), "the runs should have ended"
+    for stream_id, run in held(rig, new).items():
+        stream = new[stream_id]
+        assert (run.baselined, run.finished, run.unconfirmed, run.uncounted) == (
+            False, True, None, None,
+        )  # fmt: skip
+        assert run.started_at == stream.started_at.timestamp()
+        assert (run.credits, run.steps, run.tool_calls, run.exec_ms) == (
+            int(stream.credits * NANO), stream.steps, stream.tool_calls, stream.exec_ms,
+        )  # fmt: skip
+        assert run.tools_seen == indices(len(stream.tool_durations))
+    if not exact:
+        return
+    # Every run seen is exact, those still in doubt as history. (Runs that continued a
+    # task before the first poll are never seen: dated by their task, they fall before
+    # what the listings ask for.)
+    assert rig.ledger is not None
+    seen = ledger_ids(rig.ledger)
+    unsure = ledger_ids(rig.ledger, "unconfirmed IS NOT NULL")
+    expected = truth.expected(rig.baseline, only=lambda s: s.stream_id in seen, history=unsure)
+    assert compare(expected, counted(rig.ledger)) == {}
+
+
+def test_a_run_of_uncertain_start_counts_in_full_once_its_task_answers(tmp_path: Path) -> None:
     """The new run of a pinned old task, read by ID, looks older than the baseline, and only
-    task details tell its real start. While they are down the row waits, poll after poll;
-    once they answer, the run counts in full (it used to be taken for history and counted
-    only from there on)."""
+    task details tell its real start. While they are down it is taken for history, in
+    doubt: its growth counts, and its task is asked at every poll. Once they answer, the
+    run counts in full: its first-sight values, tool calls and the run itself too."""
     for rig in make_rig(tmp_path, stream_created_at="task"):
-        poller, task_id = continue_pinned_old_task(rig)
+        truth = Truth(rig.world)
+        poller, tasks = continue_pinned_old_tasks(rig, truth)
         rig.api.faults.down[DETAILS] = 503
-        assert polls(rig, poller, 10) >= 9  # every poll but the first leaves the row for later
+        report = polls(rig, poller, truth, 10)
+        assert report.unconfirmed_rows == len(new_runs(rig, tasks)) > 0
+        assert_counted_from_first_sight(rig, truth, tasks)
         assert rig.ledger is not None
-        assert not rig.ledger.known_runs(s.stream_id for s in new_runs(rig, task_id))
+        awaited = {s for t in tasks for s in rig.ledger.tasks[t].awaiting}
+        assert awaited == new_runs(rig, tasks).keys()
 
         rig.api.faults.down.clear()
-        assert polls(rig, poller, 36) == 0
-        new = new_runs(rig, task_id)
-        assert all(s.status not in NON_TERMINAL for s in new), "the run should have finished"
-        runs = rig.ledger.load_runs([s.stream_id for s in new])
-        for stream in new:
-            run = runs[stream.stream_id]
-            assert (run.baselined, run.finished) == (False, True)
-            assert (run.credits, run.steps, run.tool_calls, run.exec_ms) == (
-                int(stream.credits * NANO), stream.steps, stream.tool_calls, stream.exec_ms,
-            )  # fmt: skip
-            assert sum(end - start for start, end in run.tools_seen) == len(stream.tool_durations)
+        report = polls(rig, poller, truth, 36)
+        assert (report.unconfirmed_rows, report.runs_confirmed) == (0, len(new_runs(rig, tasks)))
+        assert_counted_in_full(rig, truth, tasks)
+        assert not any(rig.ledger.tasks[t].awaiting for t in tasks)
 
 
-def test_a_row_waits_for_its_task_an_hour_at_most(tmp_path: Path) -> None:
-    """Task details down for three hours: the row waits DEFER_LIMIT, then is taken at its
-    word, as history, and recorded once (never lost, never counted twice)."""
+def test_a_run_of_uncertain_start_counts_its_growth_however_long_its_task_is_down(
+    tmp_path: Path,
+) -> None:
+    """Task details down for longer than the exporter asks them (an hour, with a short
+    lookback): the run counts as history, from its first sight on, as its row says, and
+    its task is no longer read for it. Should its row and its task's details come back
+    together (the task is continued again), it counts in full, once."""
     for rig in make_rig(tmp_path, stream_created_at="task"):
-        poller, task_id = continue_pinned_old_task(rig)
+        truth = Truth(rig.world)
+        poller, tasks = continue_pinned_old_tasks(rig, truth)
+        poller.lookback = 900  # the exporter gives up on an awaited run after an hour
         rig.api.faults.down[DETAILS] = 503
-        waited = polls(rig, poller, int(DEFER_LIMIT // 300) + 2)
-        assert waited >= DEFER_LIMIT // 300
-        assert polls(rig, poller, 30) == 0
-        assert_taken_as_history(rig, task_id)
-        assert not rig.ledger.task(task_id).awaiting  # type: ignore[union-attr]
+        polls(rig, poller, truth, 20)  # continuations start over 25 minutes
+        assert_counted_from_first_sight(rig, truth, tasks)
+        assert rig.ledger is not None
+        assert not any(rig.ledger.tasks[t].awaiting for t in tasks)
+        assert value(poller.metrics, "neo_exporter_errors_total", reason="usage_missing") == 0
+
+        rig.api.faults.down.clear()
+        first = new_runs(rig, tasks)
+        for task_id in tasks:
+            rig.world.continue_task(task_id)
+        report = polls(rig, poller, truth, 30)
+        assert report.runs_confirmed == len(first)
+        # Not every other run: with a 15-minute window, runs whose tasks could not be
+        # followed for over an hour (no details) lost what they grew after the window.
+        assert_counted_in_full(rig, truth, tasks, exact=False)
 
 
 def test_a_row_whose_task_never_answers_is_taken_at_its_word(tmp_path: Path) -> None:
-    """Task details that answer 404 (a teammate's task, say) never will: the row does not
-    wait but is folded at its own date, as history, once."""
+    """Task details that answer 404 (a teammate's task, say) never will: the row is taken
+    at its word, as history, with no doubt left to resolve."""
     for rig in make_rig(tmp_path, stream_created_at="task"):
-        poller, task_id = continue_pinned_old_task(rig)
+        truth = Truth(rig.world)
+        poller, tasks = continue_pinned_old_tasks(rig, truth)
         rig.api.faults.down[DETAILS] = 404
-        assert polls(rig, poller, 36) == 0
-        assert_taken_as_history(rig, task_id)
+        assert polls(rig, poller, truth, 36).unconfirmed_rows == 0
+        runs = held(rig, new_runs(rig, tasks))
+        assert all(run.baselined and run.unconfirmed is None for run in runs.values())

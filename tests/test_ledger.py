@@ -10,9 +10,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.accounting import Observation, apply
+from exporter.accounting import FirstSight, Observation, apply
 from exporter.errors import StateError
-from exporter.ledger import Ledger, PollChanges, TaskRecord, _ranges_json, _to_json
+from exporter.ledger import (
+    SCHEMA_VERSION,
+    Ledger,
+    PollChanges,
+    TaskRecord,
+    _ranges_json,
+    _to_json,
+)
 from exporter.models import read_usage
 from tests.conftest import BUCKETS, usage_row
 
@@ -157,6 +164,21 @@ def state_path_size(ledger: Ledger) -> int:
     return ledger.path.stat().st_size if ledger.path.exists() else 0
 
 
+def as_written_by_version(state_path: Path, version: str, *dropped: str) -> Ledger:
+    """Turn a closed ledger into one of an older schema version (without the ``dropped``
+    "table.column"s), then open it with this version."""
+    db = sqlite3.connect(state_path)
+    for column in dropped:
+        table, name = column.split(".")
+        db.execute(f"ALTER TABLE {table} DROP COLUMN {name}")
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
+    db.commit()
+    db.close()
+    migrated = reopen(state_path)
+    assert migrated.meta["schema_version"] == str(SCHEMA_VERSION)
+    return migrated
+
+
 def test_a_version_1_ledger_is_migrated_in_place(ledger: Ledger, state_path: Path) -> None:
     """Version 1 had no runs.uncounted nor tasks.awaiting: its runs, tasks and totals
     survive, the columns are added."""
@@ -165,23 +187,43 @@ def test_a_version_1_ledger_is_migrated_in_place(ledger: Ledger, state_path: Pat
     ledger.commit(changes)
     totals = dict(ledger.counters)
     ledger.close()
-    db = sqlite3.connect(state_path)
-    db.execute("ALTER TABLE runs DROP COLUMN uncounted")
-    db.execute("ALTER TABLE tasks DROP COLUMN awaiting")
-    db.execute("ALTER TABLE tasks DROP COLUMN awaiting_since")
-    db.execute("ALTER TABLE tasks DROP COLUMN follow_until")
-    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    db.commit()
-    db.close()
-    migrated = reopen(state_path)
-    assert migrated.meta["schema_version"] == "2"
+    migrated = as_written_by_version(
+        state_path, "1", "runs.uncounted", "runs.unconfirmed", "tasks.awaiting",
+        "tasks.awaiting_since", "tasks.follow_until",
+    )  # fmt: skip
     assert migrated.counters == totals
     assert migrated.tasks["task-1"] == TaskRecord("sonnet-4.6", "completed", 1.0, active=False)
     run = migrated.load_runs(["stream-1"])["stream-1"]
     assert run.uncounted is None
     assert run.credits == 1_250_000_000
     migrated.close()
-    assert reopen(state_path).meta["schema_version"] == "2"
+    assert reopen(state_path).meta["schema_version"] == str(SCHEMA_VERSION)
+
+
+def test_a_version_2_ledger_is_migrated_in_place(ledger: Ledger, state_path: Path) -> None:
+    """Version 2 had no runs.unconfirmed: its runs read as confirmed."""
+    ledger.commit(changes_for(ledger, usage_row()))
+    totals = dict(ledger.counters)
+    ledger.close()
+    migrated = as_written_by_version(state_path, "2", "runs.unconfirmed")
+    assert migrated.counters == totals
+    run = migrated.load_runs(["stream-1"])["stream-1"]
+    assert (run.unconfirmed, run.credits) == (None, 1_250_000_000)
+    migrated.close()
+
+
+def test_a_run_in_doubt_keeps_its_first_sight(ledger: Ledger, state_path: Path) -> None:
+    """What a run taken for history in doubt held when first seen survives a restart."""
+    changes = PollChanges()
+    obs = Observation.from_row(read_usage(usage_row()))
+    state = apply(None, obs, baselined=True, guard=ledger.guard, deltas=changes.deltas)
+    state.unconfirmed = FirstSight({"recon": 1}, [[0, 2]])
+    changes.runs.append(state)
+    ledger.commit(changes)
+    ledger.close()
+    run = reopen(state_path).load_runs(["stream-1"])["stream-1"]
+    assert run.unconfirmed == FirstSight({"recon": 1}, [[0, 2]])
+    assert run.baselined
 
 
 def test_a_baselined_run_keeps_what_it_held_when_first_seen(ledger: Ledger) -> None:
@@ -222,7 +264,7 @@ def test_a_new_ledger_appears_complete(tmp_path: Path) -> None:
     db = sqlite3.connect(state)
     version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     db.close()
-    assert version == ("2",)
+    assert version == (str(SCHEMA_VERSION),)
 
 
 def test_evicted_runs_and_tasks_are_read_from_the_file(ledger: Ledger, state_path: Path) -> None:

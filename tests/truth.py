@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -26,7 +26,8 @@ COUNTER_OF = {
 }
 
 
-def _units(stream: StreamTruth, name: str) -> int:
+def units(stream: StreamTruth, name: str) -> int:
+    """A stream's value of ``name`` in the ledger's units."""
     value = getattr(stream, name)
     if isinstance(value, Decimal):
         return int(value * NANO)
@@ -50,22 +51,27 @@ class Truth:
                 self.first_seen[stream.stream_id] = stream
 
     def expected(
-        self, baseline: float, *, only: Callable[[StreamTruth], bool] = lambda s: True
+        self,
+        baseline: float,
+        *,
+        only: Callable[[StreamTruth], bool] = lambda s: True,
+        history: Collection[str] = (),
     ) -> dict[str, int]:
+        """``history``: runs taken for started before the baseline, whenever they did."""
         totals: Counter[str] = Counter()
         for stream in self.world.visible_streams():
             if not only(stream):
                 continue
-            if stream.started_at.timestamp() >= baseline:
+            if stream.started_at.timestamp() >= baseline and stream.stream_id not in history:
                 for name in (*FIELDS, "llm_cost", "neo_cost"):
-                    totals[name] += _units(stream, name)
+                    totals[name] += units(stream, name)
                 totals["tool_call_observations"] += len(stream.tool_durations)
                 totals["tool_call_ms"] += sum(ms for _, ms in stream.tool_durations)
                 totals["runs"] += stream.status not in NON_TERMINAL
             elif stream.stream_id in self.first_seen:
                 first = self.first_seen[stream.stream_id]
                 for name in (*FIELDS, "llm_cost", "neo_cost"):
-                    totals[name] += _units(stream, name) - _units(first, name)
+                    totals[name] += units(stream, name) - units(first, name)
                 new_calls = stream.tool_durations[len(first.tool_durations) :]
                 totals["tool_call_observations"] += len(new_calls)
                 totals["tool_call_ms"] += sum(ms for _, ms in new_calls)
