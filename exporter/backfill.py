@@ -64,21 +64,21 @@ def collect_events(
     start: float,
     end: float,
     uncounted: Mapping[str, dict[str, int]] | None = None,
-    doubtful: Collection[str] = (),
+    live_only: Collection[str] = (),
 ) -> list[Event]:
     """One event per run started in [start, end), at its finish time (capped below end).
 
     ``uncounted`` maps the live exporter's baselined runs to what they held when it
     first saw them: only that part is backfilled, as the live counters hold the rest.
     Such a run is backfilled even while it still runs, since that part no longer changes.
-    Runs in ``doubtful`` are left out: the live exporter took them for history while
-    unsure, and would count that part itself should they turn out to be new.
+    Runs in ``live_only`` are left out: the live counters count them in full (their row
+    may carry an older date, their task's), or will should they prove new.
     """
     known = uncounted or {}
     events: dict[str, Event] = {}
     for row in rows:
         obs = Observation.from_row(row)
-        if obs.stream_id in doubtful:
+        if obs.stream_id in live_only:
             continue
         before_live = known.get(obs.stream_id)
         if not start <= obs.started_at < end or not (obs.terminal or before_live is not None):
@@ -208,7 +208,9 @@ def run_backfill(
         rows, invalid = fetch_rows(client, start, end)
     if sys.stderr.isatty():
         sys.stderr.write("\n")
-    events = collect_events(rows, start.timestamp(), end.timestamp(), live.uncounted, live.doubtful)
+    events = collect_events(
+        rows, start.timestamp(), end.timestamp(), live.uncounted, live.live_only
+    )
     if output is None:
         result = write_openmetrics(
             events, sys.stdout, start=start.timestamp(), end=end.timestamp(), step=step,
@@ -246,6 +248,11 @@ class LiveState:
     uncounted: dict[str, dict[str, int]] = field(default_factory=dict)
     unknown: int = 0  # baselined runs from a ledger too old to say what they held
     doubtful: set[str] = field(default_factory=set)  # taken for history while unsure
+    counted: set[str] = field(default_factory=set)  # counted in full by the live counters
+
+    @property
+    def live_only(self) -> set[str]:
+        return self.doubtful | self.counted
 
 
 def read_live_state(state_path: Path) -> LiveState:
@@ -263,6 +270,7 @@ def read_live_state(state_path: Path) -> LiveState:
                 (r[0], None) for r in db.execute("SELECT stream_id FROM runs WHERE baselined = 1")
             ]
         )
+        counted = db.execute("SELECT stream_id FROM runs WHERE baselined = 0").fetchall()
         doubtful = (
             db.execute("SELECT stream_id FROM runs WHERE unconfirmed IS NOT NULL").fetchall()
             if "unconfirmed" in columns
@@ -274,6 +282,7 @@ def read_live_state(state_path: Path) -> LiveState:
         db.close()
     state = LiveState(datetime.fromtimestamp(float(found[0]), UTC) if found else None)
     state.doubtful = {row[0] for row in doubtful}
+    state.counted = {row[0] for row in counted}
     for stream_id, raw in rows:
         if raw is None:
             state.unknown += 1

@@ -240,10 +240,11 @@ class Poller:
         # And those of the rows just read by ID, without asking a task twice.
         self._resolve_old_streams(rows, baseline, details, report, unanswered)
         unsure: list[tuple[RunState, bool]] = []  # taken for history in doubt: see _fold
+        confirmed: list[RunState] = []  # and no longer in doubt
         ended = self._fold(
-            rows, baseline, details, listed, changes, report, now, unanswered, unsure
+            rows, baseline, details, listed, changes, report, now, unanswered, unsure, confirmed
         )
-        self._await_unconfirmed(unsure, awaited, done, stamp)
+        self._await_unconfirmed(unsure, confirmed, awaited, done, details, baseline, stamp)
         self._settle(awaited, done, ended, changes, now, gone)
         if self.account is not None and stamp >= self._account_due:
             # The balance moves slowly and its alerts look at hours: read it every
@@ -423,12 +424,7 @@ class Poller:
             if record.awaiting
         }
         for task_id, info in details.items():
-            ended = {
-                stream.stream_id
-                for stream in info.streams or ()
-                if (stream.completed_at is not None or stream.status.lower() not in NON_TERMINAL)
-                and stream.created_at.timestamp() >= baseline
-            }
+            ended = _ended_streams(info, baseline)
             if ended:
                 held, since = awaited.get(task_id, (set(), now.timestamp()))
                 awaited[task_id] = (held | ended, since)
@@ -533,26 +529,40 @@ class Poller:
     def _await_unconfirmed(
         self,
         unsure: list[tuple[RunState, bool]],
+        confirmed: list[RunState],
         awaited: dict[str, tuple[set[str], float]],
         done: set[str],
+        details: dict[str, TaskDetails],
+        baseline: float,
         stamp: float,
     ) -> None:
         """Runs first taken for history in doubt (see ``_fold``) are awaited: their task
         is read by ID, and asked for its details, at every poll until it tells their
-        start, or until ``_settle`` gives up. None of them is done while in doubt."""
+        start, or until ``_settle`` gives up. None of them is done while in doubt. Once
+        confirmed, a run still running is awaited no longer (unless its task's details
+        already call it finished): its task's details will, when it ends."""
         for state, first in unsure:
             done.discard(state.stream_id)
             if first:
                 ids, since = awaited.get(state.task_id, (set(), stamp))
                 awaited[state.task_id] = (ids | {state.stream_id}, since)
+        for state in confirmed:
+            held = awaited.get(state.task_id)
+            info = details.get(state.task_id)
+            if held is None or state.finished:
+                continue
+            if info is None or state.stream_id not in _ended_streams(info, baseline):
+                held[0].discard(state.stream_id)
 
     def _give_up(
         self, task_id: str, left: tuple[str, ...], waited: float, changes: PollChanges
     ) -> None:
-        """Stop awaiting runs that a task has been awaiting too long."""
+        """Stop awaiting runs that a task has been awaiting too long. Those in doubt are
+        taken for history for good."""
         wanted = set(left)
         states = {state.stream_id: state for state in changes.runs if state.stream_id in wanted}
-        states.update(self.ledger.load_runs(wanted - states.keys()))
+        stored = self.ledger.load_runs(wanted - states.keys())
+        states.update(stored)
         unsure = [s for s in left if s in states and states[s].unconfirmed is not None]
         missing = [s for s in left if s not in unsure]
         if missing:
@@ -562,12 +572,16 @@ class Poller:
                 awaited_seconds=round(waited),
             )  # fmt: skip
         if unsure:
-            # Counted as history, from its first sight on; still counted in full should
-            # its row and its task's details ever come in the same poll.
+            # History for good, counted from its first sight on: a history backfill adds
+            # what it held then (see exporter.backfill), whenever it started.
             log.warning(
                 "run_start_unconfirmed", task_id=task_id, stream_ids=unsure,
                 awaited_seconds=round(waited),
             )  # fmt: skip
+        for stream_id in unsure:
+            states[stream_id].unconfirmed = None
+            if stream_id in stored:  # not folded in this poll: written all the same
+                changes.runs.append(stored[stream_id])
 
     def _fold(
         self,
@@ -580,6 +594,7 @@ class Poller:
         now: datetime,
         unanswered: set[str],
         unsure: list[tuple[RunState, bool]],
+        confirmed: list[RunState],
     ) -> list[RunState]:
         """Apply every row to its run; returns the runs first seen finished in this poll.
 
@@ -588,7 +603,7 @@ class Poller:
         says, but in doubt (``unconfirmed``): its task is asked again at every poll, and
         when it answers that the run started after the baseline, the run is counted in
         full from then on (``count_in_full``). Such runs are added to ``unsure``, with
-        whether this is their first sight.
+        whether this is their first sight, and to ``confirmed`` once their start is known.
         """
         ended: list[RunState] = []
         starts = {
@@ -608,6 +623,7 @@ class Poller:
             old = states.get(key)
             if old is not None and old.unconfirmed is not None and obs.task_id not in unanswered:
                 self._confirm(old, started, baseline, report)
+                confirmed.append(old)
             state = apply(old, obs, baselined=started < baseline, guard=guard, deltas=deltas)
             if state.baselined and (
                 state.unconfirmed is not None
@@ -715,6 +731,16 @@ def _lasting(exc: ApiError) -> bool:
     return isinstance(exc, ApiStatusError) and 400 <= exc.status < 500 and exc.status not in (
         401, 408, 429,
     )  # fmt: skip
+
+
+def _ended_streams(info: TaskDetails, baseline: float) -> set[str]:
+    """The runs that task details call finished, of those started since ``baseline``."""
+    return {
+        stream.stream_id
+        for stream in info.streams or ()
+        if (stream.completed_at is not None or stream.status.lower() not in NON_TERMINAL)
+        and stream.created_at.timestamp() >= baseline
+    }
 
 
 def _volume(row: Observation) -> tuple[int, int, int, int, int]:

@@ -321,7 +321,8 @@ def test_a_run_counted_in_full_late_counts_as_from_its_first_sight(
         late.append(deltas)
     count_in_full(state)
     assert (state.baselined, state.uncounted, state.unconfirmed) == (False, None, None)
-    for row in rows[confirmed_at - 1 :]:  # the row of the poll that confirmed it, onwards
+    # The row of the poll that confirms it (a later one, or the same again), onwards.
+    for row in rows[confirmed_at:] or rows[-1:]:
         state, deltas = fold(state, row)
         late.append(deltas)
     assert totals(late) == totals(reference)

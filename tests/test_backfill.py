@@ -94,10 +94,11 @@ def test_collect_events_selects_finished_runs_started_in_the_range() -> None:
     # A run that finished after the end is placed just inside it.
     late = collect_events([row("x", "2026-11-20T09:59:59Z")], start, end)
     assert late[0].at == pytest.approx(end - 0.001)
-    # A run the live exporter took for history in doubt is left to it.
-    rows.append(row("in-doubt", "2026-11-20T09:40:00Z"))
-    doubtful = {"in-doubt": {"credits": 5}, "baselined": {"credits": 7}}
-    events = collect_events(rows, start, end, doubtful, doubtful=["in-doubt"])
+    # Runs the live exporter counts in full (their rows dated by their task), or took for
+    # history in doubt, are left to it.
+    rows += [row("in-doubt", "2026-11-20T09:40:00Z"), row("counted", "2026-11-20T09:41:00Z")]
+    uncounted = {"in-doubt": {"credits": 5}, "baselined": {"credits": 7}}
+    events = collect_events(rows, start, end, uncounted, live_only=["in-doubt", "counted"])
     assert sorted(e.values.get("credits", 0) for e in events) == [7, int(1.25 * NANO)]
 
 
@@ -159,7 +160,7 @@ def test_backfill_and_live_counters_add_up_to_the_ground_truth(tmp_path: Path) -
             since=datetime.fromtimestamp(start, UTC), until=datetime.fromtimestamp(baseline, UTC)
         )
         client.close()
-        events = collect_events(listing.rows, start, baseline, live.uncounted)
+        events = collect_events(listing.rows, start, baseline, live.uncounted, live.live_only)
         out = io.StringIO()
         write_openmetrics(events, out, start=start, end=baseline, step=300)
         text = out.getvalue()

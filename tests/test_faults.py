@@ -180,12 +180,12 @@ DETAILS = "/api/v1/tasks/{id}"
 OLD = timedelta(days=2)
 
 
-def continue_pinned_old_tasks(rig: Rig, truth: Truth) -> tuple[Poller, set[str]]:
+def continue_pinned_old_tasks(rig: Rig, truth: Truth, count: int) -> tuple[Poller, set[str]]:
     """Rows dated by their task: old tasks, pinned and polled once, then continued (each
-    new run starts now, and its row carries its task's old date). Twenty of them, so that
-    some new runs last long enough to grow over several polls."""
+    new run starts now, and its row carries its task's old date). Sixty of them give new
+    runs that last up to an hour."""
     old = {s.task_id for s in rig.world.visible_streams() if s.started_at < START - OLD}
-    tasks = set(sorted(old)[:20])
+    tasks = set(sorted(old)[:count])
     rig.pinned = tuple(sorted(tasks))
     poller = rig.open()
     assert poller.poll_safely() is not None
@@ -236,26 +236,34 @@ def indices(calls: int) -> list[list[int]]:
     return [[0, calls]] if calls else []
 
 
-def assert_counted_from_first_sight(rig: Rig, truth: Truth, tasks: set[str]) -> None:
-    """The tasks' new runs are taken for history in doubt: what they held when first seen
-    is not counted, and everything they grew after that is."""
+def assert_counted_from_first_sight(
+    rig: Rig, truth: Truth, tasks: set[str], *, in_doubt: bool = True
+) -> None:
+    """The tasks' new runs are taken for history (in doubt, or for good): what they held
+    when first seen is not counted, and everything they grew after that is."""
+    assert rig.ledger is not None
     new = new_runs(rig, tasks)
     grown = 0
     for stream_id, run in held(rig, new).items():
         now, first = new[stream_id], truth.first_seen[stream_id]
         assert (run.baselined, run.finished) == (True, now.status not in NON_TERMINAL)
         assert run.uncounted is not None
-        assert run.unconfirmed is not None
         for name in FIELDS:
             assert run.uncounted[name] == units(first, name), name
             assert getattr(run, name) == units(now, name), name
-        assert run.unconfirmed.tools_seen == indices(len(first.tool_durations))
+        if in_doubt:
+            assert run.unconfirmed is not None
+            assert run.unconfirmed.tools_seen == indices(len(first.tool_durations))
+            # No fingerprint: its row, however unchanged, is read and folded again.
+            assert rig.ledger.fingerprints[stream_id] is None
+        else:
+            assert run.unconfirmed is None
         assert run.tools_seen == indices(len(now.tool_durations))
         grown += run.credits - run.uncounted["credits"]
     assert grown > 0, "some runs should have grown while their tasks did not answer"
 
 
-def assert_counted_in_full(rig: Rig, truth: Truth, tasks: set[str], *, exact: bool = True) -> None:
+def assert_counted_in_full(rig: Rig, truth: Truth, tasks: set[str]) -> None:
     new = new_runs(rig, tasks)
     assert all(s.status not in NON_TERMINAL for s in new.values()), "the runs should have ended"
     for stream_id, run in held(rig, new).items():
@@ -268,8 +276,6 @@ def assert_counted_in_full(rig: Rig, truth: Truth, tasks: set[str], *, exact: bo
             int(stream.credits * NANO), stream.steps, stream.tool_calls, stream.exec_ms,
         )  # fmt: skip
         assert run.tools_seen == indices(len(stream.tool_durations))
-    if not exact:
-        return
     # Every run seen is exact, those still in doubt as history. (Runs that continued a
     # task before the first poll are never seen: dated by their task, they fall before
     # what the listings ask for.)
@@ -285,20 +291,25 @@ def test_a_run_of_uncertain_start_counts_in_full_once_its_task_answers(tmp_path:
     task details tell its real start. While they are down it is taken for history, in
     doubt: its growth counts, and its task is asked at every poll. Once they answer, the
     run counts in full: its first-sight values, tool calls and the run itself too."""
-    for rig in make_rig(tmp_path, stream_created_at="task"):
+    for rig in make_rig(tmp_path, stream_created_at="task", live_rows=True):
         truth = Truth(rig.world)
-        poller, tasks = continue_pinned_old_tasks(rig, truth)
+        poller, tasks = continue_pinned_old_tasks(rig, truth, 60)
         rig.api.faults.down[DETAILS] = 503
-        report = polls(rig, poller, truth, 10)
-        assert report.unconfirmed_rows == len(new_runs(rig, tasks)) > 0
+        report = polls(rig, poller, truth, 4)
+        doubted = new_runs(rig, tasks).keys()
+        assert report.unconfirmed_rows == len(doubted) > 0
         assert_counted_from_first_sight(rig, truth, tasks)
         assert rig.ledger is not None
-        awaited = {s for t in tasks for s in rig.ledger.tasks[t].awaiting}
-        assert awaited == new_runs(rig, tasks).keys()
+        assert {s for t in tasks for s in rig.ledger.tasks[t].awaiting} == doubted
 
         rig.api.faults.down.clear()
-        report = polls(rig, poller, truth, 36)
-        assert (report.unconfirmed_rows, report.runs_confirmed) == (0, len(new_runs(rig, tasks)))
+        report = polls(rig, poller, truth, 1)
+        running = {k for k, s in new_runs(rig, tasks).items() if s.status in NON_TERMINAL}
+        assert running & doubted, "some runs should still be running when confirmed"
+        # Confirmed, a running run is no longer awaited: its task's details tell its end.
+        assert not running & {s for t in tasks for s in rig.ledger.tasks[t].awaiting}
+        report.runs_confirmed += polls(rig, poller, truth, 35).runs_confirmed
+        assert (report.unconfirmed_rows, report.runs_confirmed) == (0, len(doubted))
         assert_counted_in_full(rig, truth, tasks)
         assert not any(rig.ledger.tasks[t].awaiting for t in tasks)
 
@@ -307,29 +318,22 @@ def test_a_run_of_uncertain_start_counts_its_growth_however_long_its_task_is_dow
     tmp_path: Path,
 ) -> None:
     """Task details down for longer than the exporter asks them (an hour, with a short
-    lookback): the run counts as history, from its first sight on, as its row says, and
-    its task is no longer read for it. Should its row and its task's details come back
-    together (the task is continued again), it counts in full, once."""
+    lookback): the run counts as history for good, from its first sight on, as its row
+    says (a backfill adds what it held then), and its task is no longer read for it."""
     for rig in make_rig(tmp_path, stream_created_at="task"):
         truth = Truth(rig.world)
-        poller, tasks = continue_pinned_old_tasks(rig, truth)
+        poller, tasks = continue_pinned_old_tasks(rig, truth, 20)
         poller.lookback = 900  # the exporter gives up on an awaited run after an hour
         rig.api.faults.down[DETAILS] = 503
         polls(rig, poller, truth, 20)  # continuations start over 25 minutes
-        assert_counted_from_first_sight(rig, truth, tasks)
+        assert_counted_from_first_sight(rig, truth, tasks, in_doubt=False)
         assert rig.ledger is not None
         assert not any(rig.ledger.tasks[t].awaiting for t in tasks)
         assert value(poller.metrics, "neo_exporter_errors_total", reason="usage_missing") == 0
 
         rig.api.faults.down.clear()
-        first = new_runs(rig, tasks)
-        for task_id in tasks:
-            rig.world.continue_task(task_id)
-        report = polls(rig, poller, truth, 30)
-        assert report.runs_confirmed == len(first)
-        # Not every other run: with a 15-minute window, runs whose tasks could not be
-        # followed for over an hour (no details) lost what they grew after the window.
-        assert_counted_in_full(rig, truth, tasks, exact=False)
+        assert polls(rig, poller, truth, 12).runs_confirmed == 0
+        assert_counted_from_first_sight(rig, truth, tasks, in_doubt=False)
 
 
 def test_a_row_whose_task_never_answers_is_taken_at_its_word(tmp_path: Path) -> None:
@@ -337,7 +341,7 @@ def test_a_row_whose_task_never_answers_is_taken_at_its_word(tmp_path: Path) -> 
     at its word, as history, with no doubt left to resolve."""
     for rig in make_rig(tmp_path, stream_created_at="task"):
         truth = Truth(rig.world)
-        poller, tasks = continue_pinned_old_tasks(rig, truth)
+        poller, tasks = continue_pinned_old_tasks(rig, truth, 20)
         rig.api.faults.down[DETAILS] = 404
         assert polls(rig, poller, truth, 36).unconfirmed_rows == 0
         runs = held(rig, new_runs(rig, tasks))
