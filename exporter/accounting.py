@@ -50,10 +50,12 @@ Ranges = list[list[int]]  # sorted, disjoint half-open [start, end) ranges of co
 
 class FirstSight(NamedTuple):
     """What a baselined run held besides its values when first seen: its agents and the
-    indices of its tool calls (its values are in ``RunState.uncounted``)."""
+    indices of its tool calls (its values are in ``RunState.uncounted``); and when that
+    was (unix time)."""
 
     agents: dict[str, int]
     tools_seen: Ranges
+    at: float = 0.0
 
 
 def to_nano(amount: Decimal | None) -> int:

@@ -208,8 +208,9 @@ def run_backfill(
         rows, invalid = fetch_rows(client, start, end)
     if sys.stderr.isatty():
         sys.stderr.write("\n")
+    counted = counted_in_full(settings.state_path, [_stream_id(row) for row in rows])
     events = collect_events(
-        rows, start.timestamp(), end.timestamp(), live.uncounted, live.live_only
+        rows, start.timestamp(), end.timestamp(), live.uncounted, live.doubtful | counted
     )
     if output is None:
         result = write_openmetrics(
@@ -248,11 +249,32 @@ class LiveState:
     uncounted: dict[str, dict[str, int]] = field(default_factory=dict)
     unknown: int = 0  # baselined runs from a ledger too old to say what they held
     doubtful: set[str] = field(default_factory=set)  # taken for history while unsure
-    counted: set[str] = field(default_factory=set)  # counted in full by the live counters
 
-    @property
-    def live_only(self) -> set[str]:
-        return self.doubtful | self.counted
+
+def _stream_id(row: TaskUsage) -> str:
+    return row.stream_id or f"task:{row.task_id}"  # as Observation.from_row names it
+
+
+def counted_in_full(state_path: Path, stream_ids: list[str]) -> set[str]:
+    """Those of ``stream_ids`` that the live exporter counts in full (a row may carry its
+    task's date, older than the run's start), read without writing."""
+    if not state_path.is_file():
+        return set()
+    found: set[str] = set()
+    db = sqlite3.connect(f"file:{state_path}?mode=ro", uri=True)
+    try:
+        for start in range(0, len(stream_ids), 500):
+            chunk = stream_ids[start : start + 500]
+            query = (
+                "SELECT stream_id FROM runs WHERE baselined = 0 "  # noqa: S608
+                f"AND stream_id IN ({','.join('?' * len(chunk))})"
+            )
+            found.update(row[0] for row in db.execute(query, chunk))
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot read the state file {state_path}: {exc}") from None
+    finally:
+        db.close()
+    return found
 
 
 def read_live_state(state_path: Path) -> LiveState:
@@ -270,7 +292,6 @@ def read_live_state(state_path: Path) -> LiveState:
                 (r[0], None) for r in db.execute("SELECT stream_id FROM runs WHERE baselined = 1")
             ]
         )
-        counted = db.execute("SELECT stream_id FROM runs WHERE baselined = 0").fetchall()
         doubtful = (
             db.execute("SELECT stream_id FROM runs WHERE unconfirmed IS NOT NULL").fetchall()
             if "unconfirmed" in columns
@@ -282,7 +303,6 @@ def read_live_state(state_path: Path) -> LiveState:
         db.close()
     state = LiveState(datetime.fromtimestamp(float(found[0]), UTC) if found else None)
     state.doubtful = {row[0] for row in doubtful}
-    state.counted = {row[0] for row in counted}
     for stream_id, raw in rows:
         if raw is None:
             state.unknown += 1

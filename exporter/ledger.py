@@ -177,8 +177,8 @@ def _state(row: sqlite3.Row) -> RunState:
 
 
 def _first_sight(text: str) -> FirstSight:
-    agents, tools_seen = json.loads(text)
-    return FirstSight(agents, tools_seen)
+    agents, tools_seen, *at = json.loads(text)  # [agents, ranges, unix time]
+    return FirstSight(agents, tools_seen, *at)
 
 
 class Ledger:

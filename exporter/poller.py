@@ -484,8 +484,7 @@ class Poller:
             ids, since = awaited.get(task_id, (set(), 0.0))
             left = tuple(sorted(ids - finished)) if task_id not in gone else ()
             if left and stamp - since > give_up:
-                self._give_up(task_id, left, stamp - since, changes)
-                left = ()
+                left = self._give_up(task_id, left, stamp, since, give_up, changes)
             prior = self.ledger.task(task_id)
             record = changes.tasks.get(task_id) or prior
             if record is None:
@@ -539,8 +538,9 @@ class Poller:
         """Runs first taken for history in doubt (see ``_fold``) are awaited: their task
         is read by ID, and asked for its details, at every poll until it tells their
         start, or until ``_settle`` gives up. None of them is done while in doubt. Once
-        confirmed, a run still running is awaited no longer (unless its task's details
-        already call it finished): its task's details will, when it ends."""
+        confirmed new, a run still running is awaited no longer, unless its task's details
+        already call it finished: they will when it ends. (Not so for one confirmed from
+        before the baseline, or at its word: it stays awaited until it finishes.)"""
         for state, first in unsure:
             done.discard(state.stream_id)
             if first:
@@ -549,22 +549,35 @@ class Poller:
         for state in confirmed:
             held = awaited.get(state.task_id)
             info = details.get(state.task_id)
-            if held is None or state.finished:
+            # Details that never answer (403, 404) will not tell its end, nor will they
+            # for a run from before the baseline: those stay awaited until they finish.
+            if held is None or state.finished or info is None or state.baselined:
                 continue
-            if info is None or state.stream_id not in _ended_streams(info, baseline):
+            if state.stream_id not in _ended_streams(info, baseline):
                 held[0].discard(state.stream_id)
 
     def _give_up(
-        self, task_id: str, left: tuple[str, ...], waited: float, changes: PollChanges
-    ) -> None:
-        """Stop awaiting runs that a task has been awaiting too long. Those in doubt are
-        taken for history for good."""
+        self,
+        task_id: str,
+        left: tuple[str, ...],
+        stamp: float,
+        since: float,
+        limit: float,
+        changes: PollChanges,
+    ) -> tuple[str, ...]:
+        """Stop awaiting runs that a task has been awaiting longer than ``limit``. Those
+        in doubt are taken for history for good once they have been in doubt that long
+        themselves (they may have joined the task's awaited runs later); returns the
+        runs still awaited."""
+        waited = stamp - since
         wanted = set(left)
         states = {state.stream_id: state for state in changes.runs if state.stream_id in wanted}
         stored = self.ledger.load_runs(wanted - states.keys())
         states.update(stored)
-        unsure = [s for s in left if s in states and states[s].unconfirmed is not None]
-        missing = [s for s in left if s not in unsure]
+        doubts = {s: states[s].unconfirmed for s in left if s in states}
+        recent = tuple(s for s, d in doubts.items() if d is not None and stamp - d.at <= limit)
+        unsure = [s for s, d in doubts.items() if d is not None and s not in recent]
+        missing = [s for s in left if doubts.get(s) is None]
         if missing:
             self.metrics.errors.labels("usage_missing").inc(len(missing))
             log.warning(
@@ -582,6 +595,7 @@ class Poller:
             states[stream_id].unconfirmed = None
             if stream_id in stored:  # not folded in this poll: written all the same
                 changes.runs.append(stored[stream_id])
+        return recent
 
     def _fold(
         self,
@@ -629,7 +643,7 @@ class Poller:
                 state.unconfirmed is not None
                 or (old is None and key not in starts and obs.task_id in unanswered)
             ):
-                self._doubt(state, old is None, report)
+                self._doubt(state, old is None, report, now.timestamp())
                 unsure.append((state, old is None))
             runs.append(state)
             if state.finished and (old is None or not old.finished):
@@ -669,11 +683,13 @@ class Poller:
             state.unconfirmed = None  # history indeed
 
     @staticmethod
-    def _doubt(state: RunState, first: bool, report: PollReport) -> None:
+    def _doubt(state: RunState, first: bool, report: PollReport, stamp: float) -> None:
         """Keep what a run taken for history in doubt held when first seen, and have its
         row read and folded at every poll (no fingerprint to find it unchanged by)."""
         if first:
-            state.unconfirmed = FirstSight(dict(state.agents), [r[:] for r in state.tools_seen])
+            state.unconfirmed = FirstSight(
+                dict(state.agents), [r[:] for r in state.tools_seen], stamp
+            )
             report.unconfirmed_rows += 1
             log.warning(
                 "row_start_unconfirmed", task_id=state.task_id, stream_id=state.stream_id,

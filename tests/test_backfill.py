@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from exporter.accounting import NON_TERMINAL
+from exporter.accounting import NON_TERMINAL, Observation, apply
 from exporter.backfill import (
     Event,
     collect_events,
+    counted_in_full,
     read_live_state,
     run_backfill,
     sample_times,
@@ -23,7 +24,7 @@ from exporter.backfill import (
 from exporter.catalogue import NANO
 from exporter.client import NeoClient, RetryPolicy
 from exporter.errors import ExporterError
-from exporter.ledger import Ledger
+from exporter.ledger import Ledger, PollChanges
 from exporter.models import TaskUsage, read_usage
 from exporter.poller import Poller
 from exporter.selfmetrics import SelfMetrics
@@ -160,7 +161,8 @@ def test_backfill_and_live_counters_add_up_to_the_ground_truth(tmp_path: Path) -
             since=datetime.fromtimestamp(start, UTC), until=datetime.fromtimestamp(baseline, UTC)
         )
         client.close()
-        events = collect_events(listing.rows, start, baseline, live.uncounted, live.live_only)
+        counted = counted_in_full(state, [str(r.stream_id) for r in listing.rows])
+        events = collect_events(listing.rows, start, baseline, live.uncounted, counted)
         out = io.StringIO()
         write_openmetrics(events, out, start=start, end=baseline, step=300)
         text = out.getvalue()
@@ -245,3 +247,19 @@ def test_a_progress_bar_is_drawn_on_a_terminal_only() -> None:
     quiet = io.StringIO()
     terminal_progress(quiet)(1, 4)
     assert quiet.getvalue() == ""
+
+
+def test_counted_in_full_names_the_runs_the_live_counters_count_in_full(tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    ledger = Ledger(state, buckets=BUCKETS, max_label_values=100)
+    changes = PollChanges()
+    for stream_id, baselined in (("new", False), ("history", True)):
+        obs = Observation.from_row(read_usage(usage_row(stream_id=stream_id)))
+        changes.runs.append(
+            apply(None, obs, baselined=baselined, guard=ledger.guard, deltas=changes.deltas)
+        )
+    ledger.commit(changes)
+    ledger.close()
+    ids = ["new", "history", "unknown", *(f"x{i}" for i in range(600))]  # over one chunk
+    assert counted_in_full(state, ids) == {"new"}
+    assert counted_in_full(tmp_path / "absent.db", ids) == set()

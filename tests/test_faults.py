@@ -346,3 +346,51 @@ def test_a_row_whose_task_never_answers_is_taken_at_its_word(tmp_path: Path) -> 
         assert polls(rig, poller, truth, 36).unconfirmed_rows == 0
         runs = held(rig, new_runs(rig, tasks))
         assert all(run.baselined and run.unconfirmed is None for run in runs.values())
+
+
+def test_a_run_is_given_up_an_hour_after_its_own_first_sight(tmp_path: Path) -> None:
+    """A task's second run, first seen in doubt while the task still awaits its first one
+    (details down for 50 minutes), is not given up with the first: once details answer,
+    it counts in full."""
+    for rig in make_rig(tmp_path, stream_created_at="task", live_rows=True):
+        truth = Truth(rig.world)
+        poller, tasks = continue_pinned_old_tasks(rig, truth, 20)
+        poller.lookback = 900  # the exporter gives up on an awaited run after an hour
+        rig.api.faults.down[DETAILS] = 503
+        polls(rig, poller, truth, 10)
+        first = new_runs(rig, tasks).keys()
+        for task_id in tasks:
+            rig.world.continue_task(task_id)
+        polls(rig, poller, truth, 4)  # past the hour since the first runs' first sight
+        second = new_runs(rig, tasks).keys() - first
+        assert rig.ledger is not None
+        runs = rig.ledger.load_runs(second)
+        assert len(runs) == len(second) > 0
+        assert all(run.unconfirmed is not None for run in runs.values())
+        rig.api.faults.down.clear()
+        assert polls(rig, poller, truth, 12).runs_confirmed >= len(second)
+        assert not any(run.baselined for run in rig.ledger.load_runs(second).values())
+
+
+def test_a_running_run_taken_at_its_word_stays_awaited_until_it_ends(tmp_path: Path) -> None:
+    """Runs in doubt whose task's details then answer 403 (they never will) are taken at
+    their word, as history; those still running stay awaited, so that their task is read
+    by ID, unpinned and with rows dated too early for any listing, until they finish."""
+    for rig in make_rig(tmp_path, stream_created_at="task", live_rows=True):
+        truth = Truth(rig.world)
+        poller, tasks = continue_pinned_old_tasks(rig, truth, 60)
+        rig.api.faults.down[DETAILS] = 503
+        polls(rig, poller, truth, 2)
+        doubted = held(rig, new_runs(rig, tasks)).keys()
+        poller.pinned = ()  # from now on read by ID only while awaited
+        rig.api.faults.down[DETAILS] = 403
+        polls(rig, poller, truth, 1)
+        running = {s for s, run in held(rig, new_runs(rig, tasks)).items() if not run.finished}
+        running &= doubted
+        assert running, "some runs in doubt should still be running"
+        polls(rig, poller, truth, 30)
+        world = new_runs(rig, tasks)
+        for stream_id, run in held(rig, {s: world[s] for s in running}).items():
+            assert (run.baselined, run.unconfirmed, run.finished) == (True, None, True)
+            assert world[stream_id].status not in NON_TERMINAL
+            assert run.credits == units(world[stream_id], "credits")
