@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar
 
 import httpx
@@ -137,6 +137,14 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _ceil_second(moment: datetime) -> datetime:
+    """``moment`` rounded up to a whole second. The API takes whole seconds: an end
+    truncated down would leave out what started in its last fraction of a second (the
+    caller keeps only rows before the exact end)."""
+    whole = moment.replace(microsecond=0)
+    return whole if whole == moment else whole + timedelta(seconds=1)
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:
@@ -239,7 +247,7 @@ class NeoClient:
         if since is not None:
             params["from"] = _iso(since)
         if until is not None:
-            params["to"] = _iso(until)
+            params["to"] = _iso(_ceil_second(until))
         if task_id is not None:
             params["task_id"] = task_id
         return self._list(

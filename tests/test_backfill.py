@@ -16,6 +16,7 @@ from exporter.backfill import (
     Event,
     collect_events,
     counted_in_full,
+    fetch_rows,
     read_live_state,
     run_backfill,
     sample_times,
@@ -263,3 +264,25 @@ def test_counted_in_full_names_the_runs_the_live_counters_count_in_full(tmp_path
     ids = ["new", "history", "unknown", *(f"x{i}" for i in range(600))]  # over one chunk
     assert counted_in_full(state, ids) == {"new"}
     assert counted_in_full(tmp_path / "absent.db", ids) == set()
+
+
+def test_the_fetch_reaches_the_exact_end_of_the_range() -> None:
+    """The API takes whole seconds: an end with a fraction (the baseline has one) is sent
+    rounded up, so that a run started in its last fraction of a second is backfilled.
+    With this world and end, one run started 0.35 s before the end (sent truncated, it
+    was left out: 0.1445 credits)."""
+    now = datetime(2026, 12, 4, 14, 57, 7, 751471, tzinfo=UTC)
+    end = now - timedelta(days=1)
+    start = end - timedelta(hours=6)
+    world = World(seed=9, clock=ManualClock(now), tasks_per_day=2000)
+    truth = {
+        s.stream_id
+        for s in world.visible_streams()
+        if start <= s.created_at < end and s.status not in NON_TERMINAL
+    }
+    assert any(end - timedelta(seconds=1) < s.created_at < end for s in world.visible_streams())
+    with SimulatedApi(world) as api, NeoClient(api.url, ("api_key", DEMO_API_KEY)) as client:
+        rows, invalid = fetch_rows(client, start, end)
+    events = collect_events(rows, start.timestamp(), end.timestamp())
+    assert invalid == 0
+    assert len(events) == len(truth)
