@@ -451,7 +451,7 @@ class Poller:
         self,
         awaited: dict[str, tuple[set[str], float]],
         done: set[str],
-        ended: list[RunState],
+        ended: list[tuple[RunState, float]],
         changes: PollChanges,
         now: datetime,
         gone: set[str],
@@ -471,11 +471,12 @@ class Poller:
         }
         span = self.listed_span
         settling = set()
-        for state in ended:
+        for state, listed_at in ended:
             # When the run ended, as far as its execution time tells; a settle may come
-            # up to SETTLE_GRACE after that, and listings cover it until start + span.
+            # up to SETTLE_GRACE after that, and listings show its row until the row's
+            # date (its start, or its task's) + span.
             end = min(stamp, state.started_at + state.exec_ms / 1000)
-            if end > stamp - SETTLE_GRACE and state.started_at + span < end + SETTLE_GRACE:
+            if end > stamp - SETTLE_GRACE and listed_at + span < end + SETTLE_GRACE:
                 settling.add(state.task_id)
         # Tasks whose following has lapsed are rewritten too, which unflags them.
         following = {t for t in self.ledger.flagged if self.ledger.tasks[t].follow_until}
@@ -609,8 +610,9 @@ class Poller:
         unanswered: set[str],
         unsure: list[tuple[RunState, bool]],
         confirmed: list[RunState],
-    ) -> list[RunState]:
-        """Apply every row to its run; returns the runs first seen finished in this poll.
+    ) -> list[tuple[RunState, float]]:
+        """Apply every row to its run; returns the runs seen finished for the first
+        time in this poll, each with its row's own date.
 
         A new run whose row says it started before the baseline, while its task's details
         (which alone tell its own start) did not answer, is taken for history, as its row
@@ -619,7 +621,7 @@ class Poller:
         full from then on (``count_in_full``). Such runs are added to ``unsure``, with
         whether this is their first sight, and to ``confirmed`` once their start is known.
         """
-        ended: list[RunState] = []
+        ended: list[tuple[RunState, float]] = []
         starts = {
             stream.stream_id: stream.created_at.timestamp()
             for info in details.values()
@@ -632,9 +634,11 @@ class Poller:
         known = self.ledger.task
         tasks: dict[str, TaskRecord] = {}
         for key, obs in rows.items():  # every row of the poll: kept lean
-            started = starts.get(key, obs.started_at)
+            listed_at = obs.started_at  # the row's own date, by which listings find it
+            started = starts.get(key, listed_at)
             obs.started_at = started
             old = states.get(key)
+            was_finished = old is not None and old.finished  # apply updates old in place
             if old is not None and old.unconfirmed is not None and obs.task_id not in unanswered:
                 self._confirm(old, started, baseline, report)
                 confirmed.append(old)
@@ -646,8 +650,8 @@ class Poller:
                 self._doubt(state, old is None, report, now.timestamp())
                 unsure.append((state, old is None))
             runs.append(state)
-            if state.finished and (old is None or not old.finished):
-                ended.append(state)
+            if state.finished and not was_finished:
+                ended.append((state, listed_at))
             task_id = obs.task_id
             prior = tasks.get(task_id) or known(task_id)
             if prior is None or started >= prior.last_activity:

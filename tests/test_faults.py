@@ -394,3 +394,26 @@ def test_a_running_run_taken_at_its_word_stays_awaited_until_it_ends(tmp_path: P
             assert (run.baselined, run.unconfirmed, run.finished) == (True, None, True)
             assert world[stream_id].status not in NON_TERMINAL
             assert run.credits == units(world[stream_id], "credits")
+
+
+def test_runs_whose_rows_no_listing_shows_are_followed_while_they_settle(
+    tmp_path: Path,
+) -> None:
+    """Rows dated by their task: the new runs of continued old tasks (not pinned) are in no
+    listing. Read while their tasks are live, and then while awaited, such a run can still
+    settle (grow once more) after its finished row is counted: its task is followed for
+    SETTLE_GRACE, so every run seen ends exact, not only those seen finished at once."""
+    for rig in make_rig(tmp_path, stream_created_at="task", live_rows=True):
+        truth = Truth(rig.world)
+        poller = rig.open()
+        assert poller.poll_safely() is not None
+        truth.after_poll(rig.ledger)  # type: ignore[arg-type]
+        old = {s.task_id for s in rig.world.visible_streams() if s.started_at < START - OLD}
+        for task_id in sorted(old)[:150]:
+            rig.world.continue_task(task_id)
+        polls(rig, poller, truth, 24)
+        assert rig.ledger is not None
+        seen = ledger_ids(rig.ledger)
+        assert len(seen & new_runs(rig, old).keys()) > 50
+        expected = truth.expected(rig.baseline, only=lambda s, ids=seen: s.stream_id in ids)
+        assert compare(expected, counted(rig.ledger)) == {}
