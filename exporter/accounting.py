@@ -58,6 +58,12 @@ class FirstSight(NamedTuple):
     at: float = 0.0
 
 
+def run_key(row: TaskUsage) -> str:
+    """The ledger's key of a usage row's run: its stream, or its task for a row without
+    one (an aggregated row)."""
+    return row.stream_id or f"task:{row.task_id}"
+
+
 def to_nano(amount: Decimal | None) -> int:
     """Credits as integer nano-credits, so that sums never drift."""
     if amount is None:
@@ -152,7 +158,7 @@ class Observation:
             row.llm_time_ms, row.tool_time_ms, row.total_execution_ms,
         )  # fmt: skip  # in VALUE_ORDER
         return cls(
-            stream_id=row.stream_id or f"task:{row.task_id}",
+            stream_id=run_key(row),
             task_id=row.task_id,
             started_at=row.created_at.timestamp(),
             model=row.model or "unknown",

@@ -21,10 +21,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TextIO
 
-from exporter.accounting import Observation
+from exporter.accounting import Observation, run_key
 from exporter.catalogue import RUN_COUNTERS, RUNS, MetricSpec
 from exporter.client import NeoClient
 from exporter.errors import ExporterError, StateError
+from exporter.ledger import select_runs
 from exporter.models import TaskUsage
 
 if TYPE_CHECKING:
@@ -208,7 +209,7 @@ def run_backfill(
         rows, invalid = fetch_rows(client, start, end)
     if sys.stderr.isatty():
         sys.stderr.write("\n")
-    counted = counted_in_full(settings.state_path, [_stream_id(row) for row in rows])
+    counted = counted_in_full(settings.state_path, [run_key(row) for row in rows])
     events = collect_events(
         rows, start.timestamp(), end.timestamp(), live.uncounted, live.doubtful | counted
     )
@@ -251,30 +252,18 @@ class LiveState:
     doubtful: set[str] = field(default_factory=set)  # taken for history while unsure
 
 
-def _stream_id(row: TaskUsage) -> str:
-    return row.stream_id or f"task:{row.task_id}"  # as Observation.from_row names it
-
-
 def counted_in_full(state_path: Path, stream_ids: list[str]) -> set[str]:
     """Those of ``stream_ids`` that the live exporter counts in full (a row may carry its
     task's date, older than the run's start), read without writing."""
     if not state_path.is_file():
         return set()
-    found: set[str] = set()
     db = sqlite3.connect(f"file:{state_path}?mode=ro", uri=True)
     try:
-        for start in range(0, len(stream_ids), 500):
-            chunk = stream_ids[start : start + 500]
-            query = (
-                "SELECT stream_id FROM runs WHERE baselined = 0 "  # noqa: S608
-                f"AND stream_id IN ({','.join('?' * len(chunk))})"
-            )
-            found.update(row[0] for row in db.execute(query, chunk))
+        return {row[0] for row in select_runs(db, "stream_id", stream_ids, "baselined = 0")}
     except sqlite3.Error as exc:
         raise StateError(f"cannot read the state file {state_path}: {exc}") from None
     finally:
         db.close()
-    return found
 
 
 def read_live_state(state_path: Path) -> LiveState:

@@ -176,6 +176,18 @@ def _state(row: sqlite3.Row) -> RunState:
     )  # fmt: skip
 
 
+def select_runs(
+    db: sqlite3.Connection, columns: str, stream_ids: list[str], where: str = "1"
+) -> Iterator[sqlite3.Row]:
+    """``columns`` of the runs of ``stream_ids`` that ``where`` also selects, asked 500
+    at a time (SQLite caps the parameters of a statement)."""
+    for start in range(0, len(stream_ids), 500):
+        chunk = stream_ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        query = f"SELECT {columns} FROM runs WHERE {where} AND stream_id IN ({marks})"  # noqa: S608
+        yield from db.execute(query, chunk)
+
+
 def _first_sight(text: str) -> FirstSight:
     agents, tools_seen, *at = json.loads(text)  # [agents, ranges, unix time]
     return FirstSight(agents, tools_seen, *at)
@@ -414,11 +426,7 @@ class Ledger:
         return known
 
     def _select_runs(self, columns: str, stream_ids: list[str]) -> Iterator[sqlite3.Row]:
-        for start in range(0, len(stream_ids), 500):
-            chunk = stream_ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT {columns} FROM runs WHERE stream_id IN ({marks})"  # noqa: S608
-            yield from self._db.execute(query, chunk)
+        return select_runs(self._db, columns, stream_ids)
 
     def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
         """The rows of an SQL query on the file, for tools and tests."""
