@@ -33,9 +33,6 @@ NON_TERMINAL = frozenset(
     {"running", "active", "pending", "queued", "in_progress", "started", "created", "suspended"}
 )
 VALUE_FIELDS = tuple(RUN_COUNTERS)  # credits, steps, tool_calls, ...
-# The same, in the order from_row reads them from a usage row.
-VALUE_ORDER = ("credits", "llm_cost", "neo_cost", "steps", "tool_calls", "agent_triggers",
-               "llm_ms", "tool_ms", "exec_ms")  # fmt: skip
 COUNTER_NAMES = {name: spec.name for name, spec in RUN_COUNTERS.items()}
 # A tool call's fields, read in C over a whole history.
 _INDEX = attrgetter("index")
@@ -150,27 +147,37 @@ class Observation:
         names: list[str | None] = list(map(_TOOL_NAME, history))
         if not all(names):  # a call without a tool name
             names = [name or "unknown" for name in names]
-        reported = (
-            None if row.neo_credits is None else to_nano(row.neo_credits),
-            None if row.llm_cost is None else to_nano(row.llm_cost),
-            None if row.neo_cost is None else to_nano(row.neo_cost),
-            row.step_count, row.tool_calls, row.agent_triggers,
-            row.llm_time_ms, row.tool_time_ms, row.total_execution_ms,
-        )  # fmt: skip  # in VALUE_ORDER
+        # A null is "not reported", not zero: it neither counts nor looks like a
+        # decrease, and the value counted so far stands until a number comes back.
+        # Spelled out field by field: this runs for every row of a window.
+        values: dict[str, int] = {}
+        if row.neo_credits is not None:
+            values["credits"] = to_nano(row.neo_credits)
+        if row.llm_cost is not None:
+            values["llm_cost"] = to_nano(row.llm_cost)
+        if row.neo_cost is not None:
+            values["neo_cost"] = to_nano(row.neo_cost)
+        values["steps"] = row.step_count
+        values["tool_calls"] = row.tool_calls
+        values["agent_triggers"] = row.agent_triggers
+        if row.llm_time_ms is not None:
+            values["llm_ms"] = row.llm_time_ms
+        if row.tool_time_ms is not None:
+            values["tool_ms"] = row.tool_time_ms
+        if row.total_execution_ms is not None:
+            values["exec_ms"] = row.total_execution_ms
         return cls(
-            stream_id=run_key(row),
-            task_id=row.task_id,
-            started_at=row.created_at.timestamp(),
-            model=row.model or "unknown",
-            status=(row.status or "unknown").lower(),
-            # A null is "not reported", not zero: it neither counts nor looks like a
-            # decrease, and the value counted so far stands until a number comes back.
-            values={n: v for n, v in zip(VALUE_ORDER, reported, strict=True) if v is not None},
-            agents=dict(row.agent_breakdown or {}),
-            tools=list(map(sys.intern, names)),  # type: ignore[arg-type]
-            durations=array("q", list(map(_DURATION, history))),  # from a list: faster
-            indices=indices,
-            fingerprint=fingerprint,
+            run_key(row),
+            row.task_id,
+            row.created_at.timestamp(),
+            row.model or "unknown",
+            (row.status or "unknown").lower(),
+            values,
+            dict(row.agent_breakdown or {}),
+            list(map(sys.intern, names)),  # type: ignore[arg-type]
+            array("q", list(map(_DURATION, history))),  # from a list: faster
+            indices,
+            fingerprint,
         )
 
     @property

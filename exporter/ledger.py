@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS runs (
     exec_ms INTEGER NOT NULL, agents TEXT NOT NULL, tools_seen TEXT NOT NULL,
     fingerprint INTEGER, uncounted TEXT, unconfirmed TEXT
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS runs_by_task ON runs (task_id);
+-- Older ledgers indexed runs by task: nothing reads that index, and every insert paid for it.
+DROP INDEX IF EXISTS runs_by_task;
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT NOT NULL, labels TEXT NOT NULL, value INTEGER NOT NULL,
     PRIMARY KEY (name, labels)
@@ -440,10 +441,6 @@ class Ledger:
         query = f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?"  # noqa: S608
         row = self._db.execute(query, (task_id,)).fetchone()
         return None if row is None else _task_record(row, {})
-
-    def task_runs(self, task_id: str) -> list[RunState]:
-        rows = self._db.execute("SELECT * FROM runs WHERE task_id = ?", (task_id,))
-        return [_state(r) for r in rows]
 
     def histogram_for(self, name: str, labels: Labels) -> Histogram:
         """A copy of a series' histogram so far (empty if new), to add to."""

@@ -212,6 +212,24 @@ def test_a_version_2_ledger_is_migrated_in_place(ledger: Ledger, state_path: Pat
     migrated.close()
 
 
+def test_the_unread_runs_by_task_index_of_older_ledgers_is_dropped(
+    ledger: Ledger, state_path: Path
+) -> None:
+    """Ledgers written before kept an index of runs by task that nothing reads: it is
+    dropped on opening (every insert paid for it), and the runs read as before."""
+    ledger.commit(changes_for(ledger, usage_row()))
+    ledger.close()
+    db = sqlite3.connect(state_path)
+    db.execute("CREATE INDEX runs_by_task ON runs (task_id)")
+    db.commit()
+    db.close()
+    reopened = reopen(state_path)
+    indices = reopened.query("SELECT name FROM sqlite_master WHERE type = 'index'")
+    assert ("runs_by_task",) not in indices
+    assert reopened.load_runs(["stream-1"])["stream-1"].credits == 1_250_000_000
+    reopened.close()
+
+
 def test_a_run_in_doubt_keeps_its_first_sight(ledger: Ledger, state_path: Path) -> None:
     """What a run taken for history in doubt held when first seen survives a restart."""
     changes = PollChanges()
