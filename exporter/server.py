@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,6 +55,19 @@ class _Server(ThreadingHTTPServer):
 
             self.address_family = socket.AF_INET6
         super().__init__(address, handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A request that failed, logged as an event instead of a traceback on stderr.
+
+        A client that goes away mid-answer (a scrape timed out, a probe that hangs up
+        early) is routine: a debug line. Anything else is the exporter's fault: an error
+        with its traceback."""
+        exc = sys.exc_info()[1]
+        client = client_address[0] if isinstance(client_address, tuple) else str(client_address)
+        if isinstance(exc, ConnectionError | TimeoutError):
+            log.debug("client_disconnected", client=client, error=type(exc).__name__)
+            return
+        log.error("request_failed", client=client, error=type(exc).__name__, exc_info=exc)
 
 
 def make_server(

@@ -14,6 +14,7 @@ from pathlib import Path
 import bcrypt
 import httpx
 import pytest
+import structlog.testing
 from prometheus_client import CollectorRegistry
 
 from exporter.exposition import Exposition
@@ -104,6 +105,30 @@ def test_stalled_clients_do_not_block_scrapes(url: str) -> None:
     finally:
         for sock in stalled:
             sock.close()
+
+
+def test_a_request_that_fails_is_an_event_not_a_traceback(
+    health: Health, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A client gone mid-answer is a debug event; any other failure an error event with
+    its traceback; neither is printed raw on stderr (socketserver's default)."""
+    own = SelfMetrics(process=False)
+    server = make_server("127.0.0.1", 0, Exposition(CollectorRegistry(), own.registry), health)
+    try:
+        with structlog.testing.capture_logs() as events:
+            for exc in (BrokenPipeError(32, "Broken pipe"), ConnectionResetError(), KeyError("x")):
+                try:
+                    raise exc
+                except Exception:
+                    server.handle_error(None, ("127.0.0.1", 5555))
+    finally:
+        server.server_close()
+    assert [(e["event"], e["log_level"], e["error"]) for e in events] == [
+        ("client_disconnected", "debug", "BrokenPipeError"),
+        ("client_disconnected", "debug", "ConnectionResetError"),
+        ("request_failed", "error", "KeyError"),
+    ]
+    assert capsys.readouterr().err == ""
 
 
 def write_web_config(tmp_path: Path, body: str) -> Path:
