@@ -426,8 +426,21 @@ class Ledger:
             known.update(row[0] for row in self._select_runs("stream_id", rest))
         return known
 
-    def _select_runs(self, columns: str, stream_ids: list[str]) -> Iterator[sqlite3.Row]:
-        return select_runs(self._db, columns, stream_ids)
+    def settled_runs(self, stream_ids: Iterable[str]) -> set[str]:
+        """Those of ``stream_ids`` that the ledger has and does not hold in doubt
+        (``RunState.unconfirmed``). A run in doubt is stored without a fingerprint, so
+        one with a fingerprint in memory is settled without asking the file."""
+        wanted = list(stream_ids)
+        settled = {s for s in wanted if self.fingerprints.get(s) is not None}
+        rest = [s for s in wanted if s not in settled and (self.partial or s in self.fingerprints)]
+        query = self._select_runs("stream_id", rest, "unconfirmed IS NULL")
+        settled.update(row[0] for row in query)
+        return settled
+
+    def _select_runs(
+        self, columns: str, stream_ids: list[str], where: str = "1"
+    ) -> Iterator[sqlite3.Row]:
+        return select_runs(self._db, columns, stream_ids, where)
 
     def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
         """The rows of an SQL query on the file, for tools and tests."""

@@ -481,11 +481,14 @@ class Poller:
         # Tasks whose following has lapsed are rewritten too, which unflags them.
         following = {t for t in self.ledger.flagged if self.ledger.tasks[t].follow_until}
         give_up = max(self.lookback, 3600.0)
+        folded: dict[str, RunState] | None = None  # this poll's runs by ID, if needed
         for task_id in set(awaited) | gone | following | settling:
             ids, since = awaited.get(task_id, (set(), 0.0))
             left = tuple(sorted(ids - finished)) if task_id not in gone else ()
             if left and stamp - since > give_up:
-                left = self._give_up(task_id, left, stamp, since, give_up, changes)
+                if folded is None:
+                    folded = {state.stream_id: state for state in changes.runs}
+                left = self._give_up(task_id, left, stamp, since, give_up, changes, folded)
             prior = self.ledger.task(task_id)
             record = changes.tasks.get(task_id) or prior
             if record is None:
@@ -516,12 +519,8 @@ class Poller:
         older = {key: row.task_id for key, row in rows.items() if row.started_at < baseline}
         if not older:
             return
-        states = self.ledger.load_runs(older)
-        doubtful = {
-            task_id
-            for key, task_id in older.items()
-            if key not in states or states[key].unconfirmed is not None
-        }
+        settled = self.ledger.settled_runs(older)
+        doubtful = {task_id for key, task_id in older.items() if key not in settled}
         self._fetch_details(
             doubtful - details.keys() - unanswered, details, report, unanswered=unanswered
         )
@@ -565,15 +564,15 @@ class Poller:
         since: float,
         limit: float,
         changes: PollChanges,
+        folded: dict[str, RunState],
     ) -> tuple[str, ...]:
         """Stop awaiting runs that a task has been awaiting longer than ``limit``. Those
         in doubt are taken for history for good once they have been in doubt that long
         themselves (they may have joined the task's awaited runs later); returns the
         runs still awaited."""
         waited = stamp - since
-        wanted = set(left)
-        states = {state.stream_id: state for state in changes.runs if state.stream_id in wanted}
-        stored = self.ledger.load_runs(wanted - states.keys())
+        states = {s: folded[s] for s in left if s in folded}  # this poll's (``folded``)
+        stored = self.ledger.load_runs(s for s in left if s not in states)
         states.update(stored)
         doubts = {s: states[s].unconfirmed for s in left if s in states}
         recent = tuple(s for s, d in doubts.items() if d is not None and stamp - d.at <= limit)

@@ -244,6 +244,30 @@ def test_a_run_in_doubt_keeps_its_first_sight(ledger: Ledger, state_path: Path) 
     assert run.baselined
 
 
+def test_settled_runs_leave_out_unknown_runs_and_runs_in_doubt(
+    ledger: Ledger, state_path: Path
+) -> None:
+    """A run counted as it is is settled, with a fingerprint or without (read from the
+    file then); a run in doubt (stored without one) and an unknown run are not. The
+    same after a restart, from the file alone."""
+    changes = changes_for(
+        ledger,
+        usage_row(stream_id="plain"),
+        usage_row(stream_id="bare"),
+        usage_row(stream_id="doubt"),
+    )
+    bare, doubt = changes.runs[1], changes.runs[2]
+    bare.fingerprint = doubt.fingerprint = None
+    doubt.baselined = True
+    doubt.unconfirmed = FirstSight({}, [], 1.0)
+    changes.runs[0].fingerprint = 7
+    ledger.commit(changes)
+    ids = ["plain", "bare", "doubt", "unknown"]
+    assert ledger.settled_runs(ids) == {"plain", "bare"}
+    ledger.close()
+    assert reopen(state_path).settled_runs(ids) == {"plain", "bare"}
+
+
 def test_a_baselined_run_keeps_what_it_held_when_first_seen(ledger: Ledger) -> None:
     changes = PollChanges()
     obs = Observation.from_row(read_usage(usage_row()))
