@@ -7,7 +7,9 @@ from the exporter's process (time.process_time: poller, fetch threads, SQLite co
 the exposition render; the simulator's CPU is in the child and not counted), bracketed
 by json.loads of every page just before and just after it. Each round compares the poll
 with the mean of its two brackets, taken seconds apart, so that a machine whose speed
-drifts (a shared VM) moves both alike; the median round counts.
+drifts (a shared VM) moves both alike; the median round counts. One decode and one poll
+run first, uncounted: a fresh process and an idle CPU make the first of each slower
+(the heap grows, the clock rises), and that would skew a round either way.
 
     .venv/bin/python bench/ingest.py [--tasks 20000] [--rounds 5]
 """
@@ -72,6 +74,9 @@ def main() -> None:
     # A one-day lookback over an account with TASKS tasks a day holds about TASKS tasks.
     with SimulatorProcess(tasks_per_day=args.tasks, history=DAY) as sim:
         pages = fetch_pages(sim, DAY)
+        decode_seconds(pages)  # warm-up, uncounted: see the docstring
+        with BenchExporter(sim, lookback=DAY) as bench:
+            bench.poll()
         rounds = []  # (ratio per run, decode CPU, poll report, poll CPU, poll wall)
         for _ in range(args.rounds):
             before, rows = decode_seconds(pages)
