@@ -38,47 +38,96 @@ TASK_STATUSES = frozenset(
 IN_FLIGHT = ("active", "pending", "suspended")
 
 
+# Tasks in view by their last activity are filed by it, this many seconds to a bucket.
+EDGE_BUCKET = 600
+Placed = tuple[tuple[str, str], int]  # a task's (model, status) and its bucket, or -1
+
+
 class TasksInView:
     """The tasks that neo_tasks counts: live, pinned, or last active within the lookback.
 
-    The ledger holds the tasks of two lookbacks in memory; walking them all on each
-    refresh would make a poll's cost grow with the window, not with what changed. A task
-    out of view comes back only when a commit writes it (the window's edge only moves
-    on), so each count looks at the tasks in view at the last count and those written
-    since. Refreshes run one at a time, on the thread that commits or before polling
-    starts. (A clock set back by more than a lookback does not bring back tasks already
-    evicted from memory: the gauge only, never a counter.)
+    The ledger holds the tasks of two lookbacks in memory, and in a large account most
+    of them are in view: counting them on each refresh would make every poll's cost
+    grow with the window, not with what changed. The counts are kept instead. A count
+    moves the tasks written or evicted since the last one (the ledger notes them), and
+    the tasks whose last activity the window's edge has passed: a task in view by its
+    last activity alone is filed under it, EDGE_BUCKET seconds to a bucket, and a count
+    looks only at the buckets the edge has reached. A filing moves its task only while
+    the task is counted under that bucket, so one left behind by a later write moves
+    nothing. Only tasks loaded anew, or a clock set back, count every task again.
+    Refreshes run one at a time, on the thread that commits or before polling starts.
     """
 
     def __init__(self, ledger: Ledger, pinned: Iterable[str]) -> None:
         self._ledger = ledger
         self._pinned = frozenset(pinned)
         self._lock = threading.Lock()
-        self._seen: set[str] = set()
-        self._loads = -1  # the ledger's tasks_loads when the view was last built whole
+        # Each task in view: its (model, status) and the bucket it is filed under (-1:
+        # live or pinned, not filed), one shared tuple for all tasks alike.
+        self._counted: dict[str, Placed] = {}
+        self._shared: dict[Placed, Placed] = {}
+        self._counts: Counter[tuple[str, str]] = Counter()  # never holds a zero
+        self._leaving: dict[int, list[str]] = {}  # bucket -> tasks filed under it
+        self._loads = -1  # the ledger's tasks_loads when the counts were last built whole
         self._horizon = float("-inf")
 
     def count(self, horizon: float) -> Counter[tuple[str, str]]:
         """Tasks in view at ``horizon`` (unix time), by (model, status)."""
         ledger = self._ledger
-        tasks = ledger.tasks
         with self._lock:
+            touched: Iterable[str]
             touched, ledger.tasks_touched = ledger.tasks_touched, set()
             if ledger.tasks_loads != self._loads or horizon < self._horizon:
                 # Loaded anew, or the clock went back: tasks may have come into view.
                 self._loads = ledger.tasks_loads
-                candidates: Iterable[str] = tasks
-            else:
-                candidates = self._seen | touched
+                self._counted, self._shared, self._counts, self._leaving = {}, {}, Counter(), {}
+                touched = ledger.tasks
             self._horizon = horizon
-            pinned = self._pinned
-            self._seen = {
-                task_id
-                for task_id in candidates
-                if (record := tasks.get(task_id)) is not None
-                and (record.active or record.last_activity >= horizon or task_id in pinned)
-            }
-            return Counter((tasks[t].model, tasks[t].status) for t in self._seen)
+            for task_id in touched:
+                self._place(task_id, horizon)
+            edge = int(horizon // EDGE_BUCKET)
+            for bucket in sorted(b for b in self._leaving if b <= edge):
+                staying = []
+                for task_id in dict.fromkeys(self._leaving.pop(bucket)):
+                    placed = self._counted.get(task_id)
+                    if placed is None or placed[1] != bucket:
+                        continue  # filed before its task was written again
+                    if ledger.tasks[task_id].last_activity >= horizon:
+                        staying.append(task_id)  # in the edge's own bucket, still in view
+                    else:
+                        self._move(task_id, placed, None)
+                if staying:
+                    self._leaving[bucket] = staying
+            return Counter(self._counts)
+
+    def _place(self, task_id: str, horizon: float) -> None:
+        """Count ``task_id`` as its current record says, instead of as it was counted."""
+        record = self._ledger.tasks.get(task_id)
+        placed: Placed | None = None
+        if record is not None:
+            lasting = record.active or task_id in self._pinned
+            if lasting or record.last_activity >= horizon:
+                bucket = -1 if lasting else int(record.last_activity // EDGE_BUCKET)
+                placed = ((record.model, record.status), bucket)
+                placed = self._shared.setdefault(placed, placed)
+        old = self._counted.get(task_id)
+        if placed is not old:
+            self._move(task_id, old, placed)
+
+    def _move(self, task_id: str, old: Placed | None, new: Placed | None) -> None:
+        if old is not None:
+            left = self._counts[old[0]] - 1
+            if left:
+                self._counts[old[0]] = left
+            else:
+                del self._counts[old[0]]
+        if new is None:
+            self._counted.pop(task_id, None)
+            return
+        self._counted[task_id] = new
+        self._counts[new[0]] += 1
+        if new[1] >= 0 and (old is None or old[1] != new[1]):
+            self._leaving.setdefault(new[1], []).append(task_id)
 
 
 class UsageCollector:

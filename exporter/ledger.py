@@ -390,6 +390,7 @@ class Ledger:
         cold = [t for t, record in self.tasks.items() if _cold(t, record, before, keep)]
         for task_id in cold:
             del self.tasks[task_id]
+        self.tasks_touched.update(cold)  # for the tasks-in-view counts (collector)
         self.partial = self.partial or bool(cold)
 
     def _label_values(self) -> Iterable[tuple[str, str]]:

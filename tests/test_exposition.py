@@ -32,7 +32,7 @@ from prometheus_client.samples import Sample
 
 from exporter import exposition as exposition_module
 from exporter.accounting import Observation, apply
-from exporter.collector import TasksInView, UsageCollector
+from exporter.collector import EDGE_BUCKET, TasksInView, UsageCollector
 from exporter.exposition import Exposition, accepts_gzip, wants_openmetrics
 from exporter.ledger import Ledger, PollChanges, TaskRecord
 from exporter.models import read_usage
@@ -318,7 +318,18 @@ def test_series_rendered_apart_join_into_the_whole_family(
         assert exposition.render(openmetrics=True, compress=False)[0] == openmetrics_latest(usage)
 
 
-@settings(max_examples=60, deadline=None)
+# Seconds from the clock, over several of the view's buckets, their edges and the
+# window's edge included.
+_VIEW_LOOKBACK = 3 * EDGE_BUCKET // 2
+_MOMENTS = st.one_of(
+    st.integers(-3 * EDGE_BUCKET, 3 * EDGE_BUCKET),
+    st.sampled_from(
+        [-2 * EDGE_BUCKET, -_VIEW_LOOKBACK, -EDGE_BUCKET, -1, 0, 1, EDGE_BUCKET - 1, EDGE_BUCKET]
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None)
 @given(
     steps=st.lists(
         st.one_of(
@@ -329,13 +340,14 @@ def test_series_rendered_apart_join_into_the_whole_family(
                     st.tuples(
                         st.sampled_from(["gpt-5", "sonnet-4.6"]),
                         st.sampled_from(["active", "completed", "error"]),
-                        st.integers(-200, 200),  # last activity, seconds from the clock
+                        _MOMENTS,  # last activity
                         st.booleans(),
                     ),
                     max_size=5,
                 ),
             ),
-            st.tuples(st.just("clock"), st.integers(-150, 300)),  # may go back
+            st.tuples(st.just("clock"), _MOMENTS),  # may go back
+            st.tuples(st.just("evict"), _MOMENTS),  # tasks last active before then
             st.tuples(st.just("reload"), st.none()),
         ),
         max_size=25,
@@ -345,10 +357,10 @@ def test_series_rendered_apart_join_into_the_whole_family(
 def test_tasks_in_view_equal_a_walk_over_every_task(
     steps: list[tuple[str, object]], pinned: set[str]
 ) -> None:
-    """neo_tasks follows commits and the window's edge instead of walking the ledger's
-    every task: after any writes, clock moves (back too) and reloads it counts exactly
-    what a walk over all tasks counts."""
-    lookback = 100.0
+    """neo_tasks follows commits, evictions and the window's edge instead of walking the
+    ledger's every task: after any writes, evictions, clock moves (back too) and reloads
+    it counts exactly what a walk over all tasks counts."""
+    lookback = _VIEW_LOOKBACK
     now = NOW.timestamp()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "state.db"
@@ -364,6 +376,8 @@ def test_tasks_in_view_equal_a_walk_over_every_task(
                     ledger.commit(PollChanges(tasks=tasks))
                 elif kind == "clock":
                     now += arg  # type: ignore[operator]
+                elif kind == "evict":
+                    ledger.evict(now + arg, keep=pinned)  # type: ignore[operator]
                 else:  # a restart: the daemon counts before and after the tasks load
                     ledger.close()
                     ledger = Ledger(path, buckets=BUCKETS, max_label_values=100, defer_index=True)
