@@ -56,6 +56,8 @@ class TasksInView:
     the task is counted under that bucket, so one left behind by a later write moves
     nothing. Only tasks loaded anew, or a clock set back, count every task again.
     Refreshes run one at a time, on the thread that commits or before polling starts.
+    (A clock set back by more than a lookback does not bring back tasks already evicted
+    from memory: the gauge only, never a counter.)
     """
 
     def __init__(self, ledger: Ledger, pinned: Iterable[str]) -> None:
@@ -63,9 +65,10 @@ class TasksInView:
         self._pinned = frozenset(pinned)
         self._lock = threading.Lock()
         # Each task in view: its (model, status) and the bucket it is filed under (-1:
-        # live or pinned, not filed), one shared tuple for all tasks alike.
+        # live or pinned, not filed), one shared tuple for all tasks alike, kept by
+        # bucket until the edge has passed it.
         self._counted: dict[str, Placed] = {}
-        self._shared: dict[Placed, Placed] = {}
+        self._shared: dict[int, dict[tuple[str, str], Placed]] = {}
         self._counts: Counter[tuple[str, str]] = Counter()  # never holds a zero
         self._leaving: dict[int, list[str]] = {}  # bucket -> tasks filed under it
         self._loads = -1  # the ledger's tasks_loads when the counts were last built whole
@@ -87,7 +90,7 @@ class TasksInView:
                 self._place(task_id, horizon)
             edge = int(horizon // EDGE_BUCKET)
             for bucket in sorted(b for b in self._leaving if b <= edge):
-                staying = []
+                staying: list[str] = []
                 for task_id in dict.fromkeys(self._leaving.pop(bucket)):
                     placed = self._counted.get(task_id)
                     if placed is None or placed[1] != bucket:
@@ -98,6 +101,8 @@ class TasksInView:
                         self._move(task_id, placed, None)
                 if staying:
                     self._leaving[bucket] = staying
+                else:  # no task is counted under it any more
+                    self._shared.pop(bucket, None)
             return Counter(self._counts)
 
     def _place(self, task_id: str, horizon: float) -> None:
@@ -108,8 +113,11 @@ class TasksInView:
             lasting = record.active or task_id in self._pinned
             if lasting or record.last_activity >= horizon:
                 bucket = -1 if lasting else int(record.last_activity // EDGE_BUCKET)
-                placed = ((record.model, record.status), bucket)
-                placed = self._shared.setdefault(placed, placed)
+                pair = (record.model, record.status)
+                shared = self._shared.setdefault(bucket, {})
+                placed = shared.get(pair)
+                if placed is None:
+                    placed = shared[pair] = (pair, bucket)
         old = self._counted.get(task_id)
         if placed is not old:
             self._move(task_id, old, placed)

@@ -393,3 +393,38 @@ def test_tasks_in_view_equal_a_walk_over_every_task(
                 assert view.count(horizon) == walked
         finally:
             ledger.close()
+
+
+def test_tasks_in_view_keep_nothing_behind_the_window_edge(tmp_path: Path) -> None:
+    """A long-running exporter's view of the tasks stays the size of the window: what it
+    files by last activity, and the shared keys it files them under, go once the edge
+    has passed, however often the same tasks were written meanwhile."""
+    ledger = Ledger(tmp_path / "state.db", buckets=BUCKETS, max_label_values=100)
+    try:
+        view = TasksInView(ledger, pinned=["task-pinned"])
+        start = NOW.timestamp()
+        lookback = 2.0 * EDGE_BUCKET
+        for poll in range(40):  # a poll every fifth of a bucket: ten buckets go by
+            now = start + poll * EDGE_BUCKET / 5
+            ledger.commit(
+                PollChanges(
+                    tasks={
+                        f"task-{n}": TaskRecord("gpt-5", "completed", now - n * 50, active=False)
+                        for n in range(8)
+                    }
+                    | {"task-live": TaskRecord("gpt-5", "active", start, active=True)}
+                    | {"task-pinned": TaskRecord("gpt-5", "completed", start, active=False)}
+                )
+            )
+            assert view.count(now - lookback)[("gpt-5", "completed")] == 9
+        edge = int((now - lookback) // EDGE_BUCKET)
+        assert all(bucket >= edge for bucket in view._leaving)
+        assert all(bucket == -1 or bucket >= edge for bucket in view._shared)
+        later = now + 2 * lookback
+        assert view.count(later - lookback) == Counter(
+            {("gpt-5", "active"): 1, ("gpt-5", "completed"): 1}  # live and pinned stay
+        )
+        assert not view._leaving
+        assert set(view._shared) == {-1}
+    finally:
+        ledger.close()
