@@ -40,7 +40,7 @@ IN_FLIGHT = ("active", "pending", "suspended")
 
 # Tasks in view by their last activity are filed by it, this many seconds to a bucket.
 EDGE_BUCKET = 600
-Placed = tuple[tuple[str, str], int]  # a task's (model, status) and its bucket, or -1
+Placed = tuple[tuple[str, str], int | None]  # a task's (model, status), and its bucket
 
 
 class TasksInView:
@@ -64,11 +64,11 @@ class TasksInView:
         self._ledger = ledger
         self._pinned = frozenset(pinned)
         self._lock = threading.Lock()
-        # Each task in view: its (model, status) and the bucket it is filed under (-1:
+        # Each task in view: its (model, status) and the bucket it is filed under (None:
         # live or pinned, not filed), one shared tuple for all tasks alike, kept by
         # bucket until the edge has passed it.
         self._counted: dict[str, Placed] = {}
-        self._shared: dict[int, dict[tuple[str, str], Placed]] = {}
+        self._shared: dict[int | None, dict[tuple[str, str], Placed]] = {}
         self._counts: Counter[tuple[str, str]] = Counter()  # never holds a zero
         self._leaving: dict[int, list[str]] = {}  # bucket -> tasks filed under it
         self._loads = -1  # the ledger's tasks_loads when the counts were last built whole
@@ -112,7 +112,7 @@ class TasksInView:
         if record is not None:
             lasting = record.active or task_id in self._pinned
             if lasting or record.last_activity >= horizon:
-                bucket = -1 if lasting else int(record.last_activity // EDGE_BUCKET)
+                bucket = None if lasting else int(record.last_activity // EDGE_BUCKET)
                 pair = (record.model, record.status)
                 shared = self._shared.setdefault(bucket, {})
                 placed = shared.get(pair)
@@ -134,7 +134,7 @@ class TasksInView:
             return
         self._counted[task_id] = new
         self._counts[new[0]] += 1
-        if new[1] >= 0 and (old is None or old[1] != new[1]):
+        if new[1] is not None and (old is None or old[1] != new[1]):
             self._leaving.setdefault(new[1], []).append(task_id)
 
 
