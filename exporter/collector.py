@@ -15,6 +15,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.samples import Sample
 
 from exporter.account import ACCOUNT_KEY, TEAM_KEY
 from exporter.catalogue import (
@@ -28,6 +29,7 @@ from exporter.catalogue import (
     TRACKED_TASKS,
     MetricSpec,
 )
+from exporter.histograms import Histogram
 from exporter.ledger import Ledger
 
 # Task-details statuses are a closed, documented vocabulary: always allowed as labels.
@@ -166,6 +168,10 @@ class UsageCollector:
         self.pinned = pinned
         self.clock = clock
         self._in_view = TasksInView(ledger, pinned)
+        # Each histogram series' samples, with the ledger's Histogram they were made of:
+        # a commit replaces the Histogram (and its exemplars) of every series it changes,
+        # so an unchanged series hands on its samples instead of making them again.
+        self._made: dict[tuple[str, tuple[str, ...]], tuple[Histogram, list[Sample]]] = {}
 
     def collect(self) -> Iterator[Metric]:
         yield from self._counters()
@@ -193,10 +199,18 @@ class UsageCollector:
         by_name: dict[str, list[tuple[str, ...]]] = {}
         for name, labels in self.ledger.histograms:
             by_name.setdefault(name, []).append(labels)
+        made: dict[tuple[str, tuple[str, ...]], tuple[Histogram, list[Sample]]] = {}
         for spec in HISTOGRAMS:
             family = HistogramMetricFamily(spec.name, spec.help, labels=spec.labels)
             for labels in sorted(by_name.get(spec.name, ())):
-                hist = self.ledger.histograms[(spec.name, labels)]
+                key = (spec.name, labels)
+                hist = self.ledger.histograms[key]
+                before = self._made.get(key)
+                if before is not None and before[0] is hist:
+                    family.samples.extend(before[1])
+                    made[key] = before
+                    continue
+                start = len(family.samples)
                 running = 0
                 buckets: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
                 bounds = (*hist.bounds, float("inf"))
@@ -208,7 +222,9 @@ class UsageCollector:
                     else:
                         buckets.append((_le(bound), float(running), exemplar))
                 family.add_metric(labels, buckets, hist.sum / spec.scale)
+                made[key] = (hist, family.samples[start:])
             yield family
+        self._made = made
 
     def _exemplar(self, spec: MetricSpec, labels: tuple[str, ...], index: int) -> Exemplar | None:
         """The task behind a series' latest increment (OpenMetrics only; text drops it)."""

@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from prometheus_client.samples import Sample
 
 from exporter import exposition as exposition_module
-from exporter.accounting import Observation, apply
+from exporter.accounting import Observation, RunState, apply
 from exporter.collector import EDGE_BUCKET, TasksInView, UsageCollector
 from exporter.exposition import Exposition, accepts_gzip, wants_openmetrics
 from exporter.ledger import Ledger, PollChanges, TaskRecord
@@ -429,3 +429,46 @@ def test_tasks_in_view_keep_nothing_behind_the_window_edge(tmp_path: Path) -> No
         assert set(view._shared) == {None}
     finally:
         ledger.close()
+
+
+def test_histogram_samples_handed_on_equal_samples_made_afresh(ledger: Ledger) -> None:
+    """A collector hands on the samples of histogram series that no commit changed; over
+    commits that grow some series, add others and move their exemplars, what it yields
+    is always what a new collector on the same ledger makes from scratch."""
+    disable_created_metrics()
+
+    def registry() -> CollectorRegistry:
+        usage = CollectorRegistry(auto_describe=False)
+        usage.register(UsageCollector(ledger, lookback=86_400, pinned=[], clock=lambda: NOW))
+        return usage
+
+    fill(ledger)
+    kept = registry()
+    rows = [
+        usage_row(stream_id="late-1", tool_call_history=[{"tool_name": "bash", "duration_ms": 7}]),
+        usage_row(stream_id="late-2", model="gpt-5", task_id="task-9"),
+        usage_row(
+            stream_id="late-1",
+            tool_call_history=[
+                {"tool_name": "bash", "duration_ms": 7},
+                {"tool_name": "grep", "duration_ms": 90_000},
+            ],
+        ),
+        None,  # a commit that changes nothing
+    ]
+    states: dict[str, RunState] = {}
+    for raw in rows:
+        assert openmetrics_latest(kept) == openmetrics_latest(registry())
+        changes = PollChanges()
+        if raw is not None:
+            obs = Observation.from_row(read_usage(raw))
+            old = states.get(obs.stream_id)
+            state = apply(old, obs, baselined=False, guard=ledger.guard, deltas=changes.deltas)
+            states[obs.stream_id] = state
+            changes.runs.append(state)
+        ledger.commit(changes)
+        body = openmetrics_latest(kept)
+        assert body == openmetrics_latest(registry())
+        assert text_format.generate_latest(kept) == text_format.generate_latest(registry())
+    assert b'tool="grep"' in body  # a series the commits added
+    assert b"# {task_id=" in body  # with its exemplars
