@@ -531,6 +531,9 @@ class Ledger:
             raise StateError(f"could not write the state file {self.path}: {exc}") from None
         self.guard.new.clear()
         self.counters.update(counters)
+        # New Histogram objects for the series that changed (copies, see histogram_for),
+        # never one changed in place: the collector hands on an unchanged series' samples
+        # by the identity of its Histogram, whose exemplars change only with it.
         self.histograms.update(histograms)
         self.exemplars.update(exemplars)
         self.tasks.update(changes.tasks)
