@@ -25,13 +25,17 @@ from exporter.catalogue import (
     RUNS,
     TOOL_DURATION,
 )
-from exporter.models import TaskUsage
+from exporter.models import TaskUsage, ToolCall
 
 # Usage statuses are documented as terminal; anything that sounds like work in
-# progress is not, and every other (unknown) value is treated as final.
+# progress is not, nor is a status that is missing or could not be read ("unknown");
+# every other value, unknown to us, is treated as final.
 NON_TERMINAL = frozenset(
-    {"running", "active", "pending", "queued", "in_progress", "started", "created", "suspended"}
-)
+    {
+        "running", "active", "pending", "queued", "in_progress", "started", "created",
+        "suspended", "unknown",
+    }
+)  # fmt: skip
 VALUE_FIELDS = tuple(RUN_COUNTERS)  # credits, steps, tool_calls, ...
 COUNTER_NAMES = {name: spec.name for name, spec in RUN_COUNTERS.items()}
 # A tool call's fields, read in C over a whole history.
@@ -71,11 +75,13 @@ def to_nano(amount: Decimal | None) -> int:
 _FINGERPRINT_JSON = msgspec.json.Encoder(order="sorted")
 
 
-def row_fingerprint(row: TaskUsage) -> int:
+def row_fingerprint(row: TaskUsage) -> int | None:
     """A stable 63-bit digest of what a usage row says that the ledger counts, so that
     an unchanged row is recognised without folding it again (titles and the like do
     not count). Stable across processes: it is stored with the run."""
     history = row.tool_call_history
+    if history and None in map(_DURATION, history):
+        return None  # a call waits for its duration: the row is folded until it has it
     text = _FINGERPRINT_JSON.encode(
         (
             row.task_id, row.model, row.status, row.created_at, row.neo_credits,
@@ -137,13 +143,30 @@ class Observation:
     # its position (the usual case), so that new calls are a tail.
     indices: list[int] | None = None
     fingerprint: int | None = None
+    # The indices of calls whose duration is not reported (yet): left out of the columns
+    # above, and uncounted until a row reports them (see ``apply`` for runs before the
+    # baseline, whose calls are history whatever their duration).
+    waiting: list[int] | None = None
 
     @classmethod
     def from_row(cls, row: TaskUsage, fingerprint: int | None = None) -> Observation:
-        history = row.tool_call_history or ()
+        history: Sequence[ToolCall] = row.tool_call_history or ()
         indices = None  # the usual case: every index equals its position
         if not all(map(eq, map(_INDEX, history), count())):
             indices = [p if call.index is None else call.index for p, call in enumerate(history)]
+            if len(set(indices)) < len(indices):
+                indices = None  # indices that repeat tell calls apart no more: positions do
+        durations: list[int | None] = list(map(_DURATION, history))
+        waiting = None
+        if None in durations:
+            # A call whose duration is not reported (yet) is left uncounted, and its
+            # index unmarked, until a row reports it: the others keep their indices.
+            kept = [p for p, ms in enumerate(durations) if ms is not None]
+            numbers = indices if indices is not None else range(len(history))
+            waiting = [numbers[p] for p, ms in enumerate(durations) if ms is None]
+            indices = [numbers[p] for p in kept]
+            history = [history[p] for p in kept]
+            durations = [durations[p] for p in kept]
         names: list[str | None] = list(map(_TOOL_NAME, history))
         if not all(names):  # a call without a tool name
             names = [name or "unknown" for name in names]
@@ -157,9 +180,12 @@ class Observation:
             values["llm_cost"] = to_nano(row.llm_cost)
         if row.neo_cost is not None:
             values["neo_cost"] = to_nano(row.neo_cost)
-        values["steps"] = row.step_count
-        values["tool_calls"] = row.tool_calls
-        values["agent_triggers"] = row.agent_triggers
+        if row.step_count is not None:
+            values["steps"] = row.step_count
+        if row.tool_calls is not None:
+            values["tool_calls"] = row.tool_calls
+        if row.agent_triggers is not None:
+            values["agent_triggers"] = row.agent_triggers
         if row.llm_time_ms is not None:
             values["llm_ms"] = row.llm_time_ms
         if row.tool_time_ms is not None:
@@ -175,9 +201,10 @@ class Observation:
             values,
             dict(row.agent_breakdown or {}),
             list(map(sys.intern, names)),  # type: ignore[arg-type]
-            array("q", list(map(_DURATION, history))),  # from a list: faster
+            array("q", durations),  # type: ignore[arg-type]  # from a list: faster
             indices,
             fingerprint,
+            waiting,
         )
 
     @property
@@ -380,7 +407,14 @@ def apply(
                     deltas.counter_tasks[keys[name]] = (obs.task_id, now)
     else:
         state = old
+        # A run before the baseline whose field was not reported when first seen: the
+        # first value reported is its first sight, history like the rest of it.
+        late = state.uncounted if state.baselined and state.uncounted is not None else None
         for name, now in obs.values.items():  # only the fields the row reported
+            if late is not None and name not in late:
+                late[name] = now
+                setattr(state, name, now)
+                continue
             before = getattr(state, name)
             if now > before:
                 if not silent:
@@ -401,11 +435,16 @@ def apply(
         elif now < before:
             deltas.decreases["agent_breakdown"] = deltas.decreases.get("agent_breakdown", 0) + 1
             deltas.decreased_runs.append((obs.task_id, obs.stream_id, "agent_breakdown"))
-    if silent:
-        state.uncounted = {name: getattr(state, name) for name in VALUE_FIELDS}
+    if silent:  # what it held when first seen: the fields reported then
+        state.uncounted = {
+            name: getattr(state, name) for name in VALUE_FIELDS if name in obs.values
+        }
     tools, durations = _new_calls(state.tools_seen, obs)
     if tools and not silent:
         deltas.observe_calls(model, tools, durations, obs.task_id, guard)
+    if silent and obs.waiting:  # calls made before it was first seen are history too
+        for index in obs.waiting:
+            _mark(state.tools_seen, index)
     if obs.terminal and not state.finished:
         state.finished = True
         if not state.baselined:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import json
+import math
 import random
 import threading
 import time
@@ -14,11 +15,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar
 
 import httpx
-import msgspec
 import structlog
 from pydantic import BaseModel, ValidationError
 
 from exporter import __version__
+from exporter.decoding import Defect, UsagePage, read_page, read_row
 from exporter.errors import (
     ApiError,
     ApiPayloadError,
@@ -37,10 +38,7 @@ from exporter.models import (
     TaskInfo,
     TaskUsage,
     UsageSummary,
-    decode_usage,
-    describe_decode_error,
     describe_validation_error,
-    read_usage,
 )
 
 log = structlog.get_logger(__name__)
@@ -89,48 +87,23 @@ class Listing(Generic[R]):
 
     rows: list[R] = field(default_factory=list)
     invalid: list[InvalidRow] = field(default_factory=list)
+    defects: list[Defect] = field(default_factory=list)  # fields read as not reported
     unchanged: set[str] = field(default_factory=set)
     pages: int = 0
     duplicates: int = 0
+    # Envelopes that contradicted each other or the rows, by kind ("has_more_false_
+    # before_total", "has_more_past_total", "total_not_reached").
+    inconsistent: list[str] = field(default_factory=list)
 
 
-Fingerprint = Callable[[TaskUsage], int]
-
-
-class _UsagePage(msgspec.Struct, gc=False):
-    """A usage list page, decoded whole from its bytes in one pass."""
-
-    data: list[TaskUsage]
-    has_more: bool | None = None
-    total: int | None = None
-
-
-class _RawPage(msgspec.Struct, gc=False):
-    """A page whose rows are kept as their own JSON text, to be decoded one by one."""
-
-    data: list[msgspec.Raw]
-    has_more: Any = None
-    total: Any = None
-
-
-_PAGE = msgspec.json.Decoder(_UsagePage, strict=False)
-_RAW_PAGE = msgspec.json.Decoder(_RawPage)
-
-
-def _usage_page(content: bytes) -> Any:
-    """Decode a usage page. The usual page decodes whole, straight from its bytes,
-    into rows. A page with a bad row falls back to its rows' own JSON text, each then
-    decoded by the same rules, so that only the bad row is lost; a page of another
-    shape is returned as plain JSON for the caller to reject."""
-    try:
-        page = _PAGE.decode(content)
-    except msgspec.ValidationError:
-        try:
-            raw = _RAW_PAGE.decode(content)
-        except msgspec.ValidationError:
-            return json.loads(content)
-        return {"data": raw.data, "has_more": raw.has_more, "total": raw.total}
-    return {"data": page.data, "has_more": page.has_more, "total": page.total}
+Fingerprint = Callable[[TaskUsage], int | None]
+# Past the largest total any page reported, a listing takes at most this many more
+# rows (twice the total, and ten pages) before it gives up on paging that never ends.
+PAST_TOTAL_PAGES = 10
+# A listing whose pages bring no row it had not seen this many times in a row is a
+# server that ignores the offset: it is given up on, not paged forever.
+STALE_PAGES = 3
+MAX_ROWS_UNTOLD = 10_000_000  # the bound on a listing when no page tells a total
 
 
 def _iso(moment: datetime) -> str:
@@ -145,17 +118,26 @@ def _ceil_second(moment: datetime) -> datetime:
     return whole if whole == moment else whole + timedelta(seconds=1)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
+def retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: delay-seconds or an HTTP date (one
+    without a zone is read as UTC, as HTTP dates are). Anything else is ignored (None),
+    never raised: the answer is a 429 either way, retried with the usual backoff."""
+    text = (value or "").strip()
+    if not text:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(text)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        if parsed is None:
+        try:
+            moment = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
-        return max(0.0, (parsed - datetime.now(UTC)).total_seconds())
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        seconds = (moment - now).total_seconds()
+    if math.isnan(seconds):
+        return None
+    return min(max(0.0, seconds), 86_400.0)
 
 
 class NeoClient:
@@ -199,6 +181,7 @@ class NeoClient:
         self._sleep = sleep
         self._on_request = on_request
         self._rng = random.Random(seed)
+        self._noted: set[tuple[str, str]] = set()  # paging inconsistencies logged once
 
     def close(self) -> None:
         self._http.close()
@@ -260,14 +243,21 @@ class NeoClient:
         return self._list(TASK_USAGES, params, _as_is, key=lambda r: r.task_id)
 
     def get_task_usage(self, task_id: str) -> TaskUsage:
-        body = self._get(TASK_USAGE, f"/api/v1/usage/tasks/{_quote(task_id)}")
-        try:
-            return read_usage(body)
-        except msgspec.ValidationError as exc:
+        path = f"/api/v1/usage/tasks/{_quote(task_id)}"
+        row: TaskUsage | None
+        defects: list[Defect]
+        row, defects = self._get(TASK_USAGE, path, decode=read_row)
+        for defect in defects:
+            log.warning(
+                "field_skipped", endpoint=TASK_USAGE, task_id=defect.task_id,
+                field=defect.field, reason=defect.reason,
+            )  # fmt: skip
+        if row is None:
+            reason = defects[0].reason if defects else "not a usage row"
             raise ApiPayloadError(
-                f"{TASK_USAGE}: unexpected payload: {describe_decode_error(exc)}",
-                endpoint=TASK_USAGE,
-            ) from None
+                f"{TASK_USAGE}: unexpected payload: {reason}", endpoint=TASK_USAGE
+            )
+        return row
 
     def get_task(self, task_id: str) -> TaskDetails:
         body = self._get(TASK, f"/api/v1/tasks/{_quote(task_id)}")
@@ -321,12 +311,17 @@ class NeoClient:
     ) -> Listing[R]:
         listing: Listing[R] = Listing()
         seen: dict[str, int] = {}
-        for page in self._pages(endpoint, params):
+        # Rows new to this listing so far: the pager's check that paging goes somewhere.
+        progress = lambda: len(seen) + len(listing.unchanged)  # noqa: E731
+        for page in self._pages(endpoint, params, listing, progress):
             listing.pages += 1
-            for item in page:
-                row = item if type(item) is TaskUsage else _validate_row(item, endpoint, listing)
-                if row is None:
-                    continue
+            listing.defects += page.defects
+            for bad in page.skipped:
+                listing.invalid.append(InvalidRow(bad.task_id, bad.reason))
+                log.warning(
+                    "row_skipped", endpoint=endpoint, task_id=bad.task_id, reason=bad.reason
+                )
+            for row in page.rows:
                 ident = key(row)
                 if ident is None:
                     listing.invalid.append(InvalidRow(row.task_id, "row without stream_id"))
@@ -348,31 +343,60 @@ class NeoClient:
                 listing.rows.append(convert(row, digest))
         return listing
 
-    def _pages(self, endpoint: str, params: dict[str, str]) -> Iterator[list[Any]]:
+    def _pages(
+        self,
+        endpoint: str,
+        params: dict[str, str],
+        listing: Listing[Any],
+        progress: Callable[[], int],
+    ) -> Iterator[UsagePage]:
+        """The pages of a usage list, paged by the rows received and nothing else.
+
+        A listing ends on an empty page, or once the rows received reach the page's
+        ``total`` while ``has_more`` does not say otherwise; never on a short page (the
+        API may cap ``limit``) nor on ``has_more`` alone (it may be worked out from the
+        ``limit`` asked for, not the one served). Envelopes that contradict each other
+        are followed to an empty page, and noted in ``listing.inconsistent``.
+        A listing that would never end (``has_more`` forever, an offset ignored) is
+        given up with ApiPayloadError: past twice the largest total and ten pages, or
+        after STALE_PAGES pages in a row that bring no row not already seen."""
         offset = 0
-        total: int | None = None
+        largest = 0  # the largest total any page reported
+        told = False  # whether any page reported a total
+        stale = 0
         while True:
             query = {**params, "limit": str(PAGE_LIMIT), "offset": str(offset)}
-            body = self._get(endpoint, endpoint, query, decode=_usage_page)
-            if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-                raise ApiPayloadError("usage list without a data array", endpoint=endpoint)
-            data: list[Any] = body["data"]
-            yield data
-            offset += len(data)
-            reported = body.get("total")
-            if isinstance(reported, int) and not isinstance(reported, bool):
-                total = reported
-            has_more = body.get("has_more")
-            if not data:
+            before = progress()
+            page: UsagePage = self._get(endpoint, endpoint, query, decode=read_page)
+            yield page
+            offset += page.size
+            total, more = page.total, page.has_more
+            if total is not None:
+                told, largest = True, max(largest, total)
+            if page.size == 0:
+                if told and offset < largest:
+                    self._inconsistent(listing, endpoint, "total_not_reached")
                 return
-            if has_more is False:
-                return
-            if has_more is None and (
-                len(data) < PAGE_LIMIT or (total is not None and offset >= total)
-            ):
-                return
-            if offset > 10_000_000:  # a server that never stops saying has_more
-                raise ApiPayloadError("paging did not end", endpoint=endpoint)
+            if total is not None and offset >= total:
+                if more is not True:
+                    return
+                self._inconsistent(listing, endpoint, "has_more_past_total")
+            elif more is False and total is not None:
+                self._inconsistent(listing, endpoint, "has_more_false_before_total")
+            stale = stale + 1 if progress() == before else 0
+            bound = 2 * largest + PAST_TOTAL_PAGES * PAGE_LIMIT if told else MAX_ROWS_UNTOLD
+            if stale >= STALE_PAGES or offset > bound:
+                raise ApiPayloadError(
+                    f"{endpoint}: paging did not end ({offset} rows received, total "
+                    f"{largest if told else 'not reported'})",
+                    endpoint=endpoint,
+                )
+
+    def _inconsistent(self, listing: Listing[Any], endpoint: str, kind: str) -> None:
+        listing.inconsistent.append(kind)
+        if (endpoint, kind) not in self._noted:  # once per kind: a poll lists many times
+            self._noted.add((endpoint, kind))
+            log.warning("paging_inconsistent", endpoint=endpoint, kind=kind)
 
     # -- one request ----------------------------------------------------------
 
@@ -469,20 +493,6 @@ def _as_is(row: TaskUsage, fingerprint: int | None) -> TaskUsage:
     return row
 
 
-def _validate_row(raw: Any, endpoint: str, listing: Listing[Any]) -> TaskUsage | None:
-    """A row from its own JSON text (a page that failed whole) or decoded JSON."""
-    try:
-        return decode_usage(raw) if isinstance(raw, msgspec.Raw) else read_usage(raw)
-    except msgspec.ValidationError as exc:
-        reason = describe_decode_error(exc)
-    fields = msgspec.json.decode(raw) if isinstance(raw, msgspec.Raw) else raw
-    task_id = fields.get("task_id") if isinstance(fields, dict) else None
-    task_id = task_id if isinstance(task_id, str) else None
-    listing.invalid.append(InvalidRow(task_id, reason))
-    log.warning("row_skipped", endpoint=endpoint, task_id=task_id, reason=reason)
-    return None
-
-
 def _retry_decision(exc: ApiError) -> tuple[bool, float | None]:
     if isinstance(exc, ApiStatusError):
         if exc.status == 429:
@@ -516,5 +526,5 @@ def _status_error(endpoint: str, response: httpx.Response, content: bytes) -> Ap
         error_id=detail.error_id,
     )
     if status == 429:
-        error.retry_after = _retry_after(response)
+        error.retry_after = retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
     return error

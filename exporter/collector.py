@@ -265,7 +265,8 @@ class UsageCollector:
             field = spec.name.removeprefix("neo_pinned_task_")
             family = GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
             for task_id, snap in snapshots.items():
-                family.add_metric([task_id], snap[field] / spec.scale)
+                if snap.get(field) is not None:  # None: never reported readably yet
+                    family.add_metric([task_id], snap[field] / spec.scale)
             yield family
         info = GaugeMetricFamily(PINNED_INFO.name, PINNED_INFO.help, labels=PINNED_INFO.labels)
         for task_id, snap in snapshots.items():

@@ -57,11 +57,14 @@ RowCount = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
 
 
 class ToolCall(msgspec.Struct, frozen=True, gc=False):
-    """One entry of ``tool_call_history``; unknown keys (``timestamp``) are ignored."""
+    """One entry of ``tool_call_history``; unknown keys (``timestamp``) are ignored.
+
+    A ``duration_ms`` of null (or one that could not be read) is not reported yet: the
+    call is left uncounted until its duration is; a missing one reads as 0."""
 
     index: int | None = None
     tool_name: str | None = None
-    duration_ms: RowCount = 0
+    duration_ms: RowCount | None = 0
 
 
 class TaskUsage(msgspec.Struct, frozen=True, gc=False):
@@ -71,16 +74,19 @@ class TaskUsage(msgspec.Struct, frozen=True, gc=False):
     with dozens of tool calls each, and msgspec decodes a page straight from its bytes
     into these in a fifth of the CPU json.loads takes, in a fraction of the memory.
     Decoded by ``decode_usage`` (lax like the rest: "5" and 5.0 read as 5); fields the
-    exporter does not read are ignored, so their drift costs no row.
+    exporter does not read are ignored, so their drift costs no row. A row this strict
+    decoding refuses is read field by field instead (``exporter.decoding``), so that a
+    bad value costs only itself.
     """
 
     task_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     model: str
     status: str
-    step_count: RowCount
-    tool_calls: RowCount
-    agent_triggers: RowCount
     created_at: datetime
+    # A count that is null, missing or unreadable is not reported: see Observation.
+    step_count: RowCount | None = None
+    tool_calls: RowCount | None = None
+    agent_triggers: RowCount | None = None
     stream_id: str | None = None
     stream_count: RowCount | None = None
     neo_credits: Decimal | None = None

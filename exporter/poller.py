@@ -72,6 +72,7 @@ class PollReport:
     runs_new: int = 0
     runs_updated: int = 0
     invalid_rows: int = 0
+    invalid_fields: int = 0  # values read as not reported, each costing only itself
     pages: int = 0
     task_requests: int = 0
     unconfirmed_rows: int = 0  # new rows taken for history until their task tells
@@ -169,6 +170,7 @@ class Poller:
             runs_new=report.runs_new,
             runs_updated=report.runs_updated,
             rows_invalid=report.invalid_rows,
+            fields_invalid=report.invalid_fields,
             pages=report.pages,
             full_listing=report.full_listing,
             task_requests=report.task_requests,
@@ -279,6 +281,16 @@ class Poller:
             self.metrics.errors.labels("invalid_row").inc()
             report.invalid_rows += 1
             report.warnings.append(f"{bad.task_id}: {bad.reason}")
+        for defect in listing.defects:
+            self.metrics.errors.labels("invalid_field").inc()
+            report.invalid_fields += 1
+            log.warning(
+                "field_skipped", task_id=defect.task_id, stream_id=defect.stream_id,
+                field=defect.field, reason=defect.reason,
+            )  # fmt: skip
+        for kind in listing.inconsistent:
+            self.metrics.errors.labels("paging_inconsistent").inc()
+            report.warnings.append(f"paging: {kind}")
         for row in listing.rows:
             key = row.stream_id
             held = rows.get(key)
@@ -340,18 +352,21 @@ class Poller:
             if isinstance(usage, ApiError):
                 self._task_error(task_id, usage, report)
                 continue
+            key = f"pinned:{task_id}"
+            before = json.loads(self.ledger.meta.get(key, "{}"))
+            figures = {
+                "credits": to_nano(usage.neo_credits),
+                "steps": usage.step_count,
+                "tool_calls": usage.tool_calls,
+                "runs": usage.stream_count if usage.stream_count is not None else 1,
+                "model": usage.model,
+                "status": usage.status,
+            }
+            # A figure not reported (or unreadable) keeps the one last reported.
             snapshot = json.dumps(
-                {
-                    "credits": to_nano(usage.neo_credits),
-                    "steps": usage.step_count,
-                    "tool_calls": usage.tool_calls,
-                    "runs": usage.stream_count if usage.stream_count is not None else 1,
-                    "model": usage.model,
-                    "status": usage.status,
-                },
+                {k: before.get(k) if v is None else v for k, v in figures.items()},
                 sort_keys=True,
             )
-            key = f"pinned:{task_id}"
             if self.ledger.meta.get(key) != snapshot:
                 changes.meta[key] = snapshot
                 refetch.append(task_id)

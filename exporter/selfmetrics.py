@@ -67,7 +67,9 @@ class SelfMetrics:
         for result in ("success", "failure"):
             self.polls.labels(result)
         # Present from the start so alerts on rate() see the first increase.
-        for reason in ("credentials_rejected", "forbidden", "invalid_row", "timeout"):
+        for reason in (
+            "credentials_rejected", "forbidden", "invalid_row", "invalid_field", "timeout",
+        ):  # fmt: skip
             self.errors.labels(reason)
         for label in GUARDED_LABELS:
             self.label_overflow.labels(label)

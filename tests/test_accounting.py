@@ -204,20 +204,24 @@ def test_each_tool_call_is_observed_once_however_histories_arrive(
     snapshots: list[list[tuple[int | None, str | None]]],
 ) -> None:
     """Histories that grow at the end, come shuffled, repeat or lack indices: every call
-    (its index, or its position without one) is observed once, under its tool, with the
-    duration it had when first seen."""
+    (its index, or its position without one; its position in a history whose calls
+    would share an index so) is observed once, under its tool, with the duration it had
+    when first seen."""
     state: RunState | None = None
     seen: dict[int, tuple[str, int]] = {}
     observed: list[tuple[str, int]] = []
     for number, snapshot in enumerate(snapshots):
         history = []
+        ids = [position if index is None else index for position, (index, _) in enumerate(snapshot)]
+        if len(set(ids)) < len(ids):  # two calls of one history are two calls
+            ids = list(range(len(snapshot)))
         for position, (index, tool) in enumerate(snapshot):
             duration = 1000 * number + position  # tells which sighting was counted
             call: dict[str, object] = {"tool_name": tool, "duration_ms": duration}
             if index is not None:
                 call["index"] = index
             history.append(call)
-            seen.setdefault(position if index is None else index, (tool or "unknown", duration))
+            seen.setdefault(ids[position], (tool or "unknown", duration))
         state, deltas = fold(state, observe(tool_call_history=history, status="running"))
         observed += [
             (labels[1], value)
@@ -327,3 +331,56 @@ def test_a_run_counted_in_full_late_counts_as_from_its_first_sight(
         late.append(deltas)
     assert totals(late) == totals(reference)
     assert state.finished == rows[-1].terminal
+
+
+def history_of(*durations: int | None) -> list[dict[str, Any]]:
+    return [{"index": i, "tool_name": "bash", "duration_ms": ms} for i, ms in enumerate(durations)]
+
+
+def tool_observations(deltas: Deltas) -> list[int]:
+    return [v for n, _, v in deltas.observations if n == "neo_tool_call_duration_seconds"]
+
+
+def test_a_call_without_a_duration_counts_once_it_has_one() -> None:
+    state, deltas = fold(None, observe(status="running", tool_call_history=history_of(500, None)))
+    assert tool_observations(deltas) == [500]
+    state, deltas = fold(
+        state, observe(status="running", tool_call_history=history_of(500, None, 70))
+    )
+    assert tool_observations(deltas) == [70]
+    state, deltas = fold(state, observe(tool_call_history=history_of(500, 900, 70)))
+    assert tool_observations(deltas) == [900]
+    _, deltas = fold(state, observe(tool_call_history=history_of(500, 900, 70)))
+    assert tool_observations(deltas) == []
+
+
+def test_a_run_before_the_baseline_keeps_its_waiting_calls_as_history() -> None:
+    """Calls made before a run was first seen are history, whether or not their
+    duration could be read then."""
+    first = observe(status="running", tool_call_history=history_of(500, None))
+    state, deltas = fold(None, first, baselined=True)
+    assert deltas.observations == []
+    _, deltas = fold(state, observe(tool_call_history=history_of(500, 900, 70)))
+    assert tool_observations(deltas) == [70]
+
+
+def test_a_value_first_reported_after_first_sight_is_history_for_a_baselined_run() -> None:
+    """A run before the baseline whose credits could not be read when first seen: their
+    first readable value is its first sight (what it held before is unknowable), and
+    only growth after that counts."""
+    state, deltas = fold(None, observe(status="running", neo_credits=None), baselined=True)
+    assert deltas.counters == {}
+    assert state.uncounted is not None
+    assert "credits" not in state.uncounted
+    state, deltas = fold(state, observe(status="running", neo_credits=2.0, step_count=12))
+    assert deltas.counters == {("neo_steps_total", ("sonnet-4.6", "running")): 2}
+    assert state.uncounted["credits"] == to_nano(Decimal("2.0"))  # type: ignore[index]
+    _, deltas = fold(state, observe(neo_credits=2.5, step_count=12))
+    assert deltas.counters[("neo_credits_total", LABELS)] == to_nano(Decimal("0.5"))
+
+
+def test_counts_that_are_not_reported_are_not_counted_nor_decreases() -> None:
+    state, _ = fold(None, observe(status="running"))
+    _, deltas = fold(state, observe(status="running", step_count=None, tool_calls=None))
+    assert deltas.counters == {}
+    assert deltas.decreases == {}

@@ -13,14 +13,15 @@ from structlog.testing import capture_logs
 
 from exporter.accounting import row_fingerprint
 from exporter.client import (
+    PAGE_LIMIT,
+    PAST_TOTAL_PAGES,
+    STALE_PAGES,
     STREAMS,
-    InvalidRow,
-    Listing,
     NeoClient,
     RetryPolicy,
-    _usage_page,
-    _validate_row,
+    retry_after,
 )
+from exporter.decoding import Defect, read_page, read_row
 from exporter.errors import (
     ApiPayloadError,
     ApiStatusError,
@@ -31,7 +32,7 @@ from exporter.errors import (
     RateLimited,
     RoleForbidden,
 )
-from exporter.models import TaskUsage, read_usage
+from exporter.models import TaskUsage
 from exporter.simulator import DEMO_API_KEY, DEMO_TOKEN, ManualClock, SimulatedApi, World
 
 START = datetime(2026, 11, 20, 9, tzinfo=UTC)
@@ -233,44 +234,47 @@ def test_schema_drift_is_tolerated(api: SimulatedApi, world: World) -> None:
 
 
 @pytest.mark.parametrize("drift", [False, True])
-def test_a_page_validated_whole_reads_as_its_rows_one_by_one(
-    api: SimulatedApi, drift: bool
-) -> None:
-    """The fast path (the page validated from its bytes) and the fallback (JSON, then
-    each row) must agree on every field, or a bad row elsewhere on a page would change
-    what its neighbours count."""
+def test_a_page_decoded_whole_reads_as_its_rows_one_by_one(api: SimulatedApi, drift: bool) -> None:
+    """The fast path (the page decoded whole from its bytes) and the fallback (the page
+    taken apart, then each row) must agree on every field, or a bad row elsewhere on a
+    page would change what its neighbours count."""
     api.faults.extra_fields = api.faults.null_fields = api.faults.unknown_status = drift
     params = {"from": "2026-11-19T09:00:00Z", "limit": "200"}
     content = httpx.get(
         f"{api.url}{STREAMS}", params=params, headers={"X-Api-Key": DEMO_API_KEY}
     ).content
-    whole = _usage_page(content)["data"]
-    one_by_one = [read_usage(raw) for raw in json.loads(content)["data"]]
+    whole = read_page(content).rows
+    one_by_one = [read_row(json.dumps(raw).encode())[0] for raw in json.loads(content)["data"]]
     assert len(whole) > 100
     assert all(type(row) is TaskUsage for row in whole)
     assert whole == one_by_one
     assert [row_fingerprint(r) for r in whole] == [row_fingerprint(r) for r in one_by_one]
-    # One bad row sends the page down the fallback, where only that row is lost.
+    # One bad value sends the page down the fallback, where only that value is lost.
     broken = json.loads(content)
     broken["data"][3]["step_count"] = "many"
-    fallback = _usage_page(json.dumps(broken).encode())["data"]
-    assert all(isinstance(raw, msgspec.Raw) for raw in fallback)
-    listing = Listing()
-    again = [_validate_row(raw, STREAMS, listing) for raw in fallback]
-    assert again[3] is None
-    assert again[:3] + again[4:] == whole[:3] + whole[4:]
-    assert listing.invalid == [
-        InvalidRow(whole[3].task_id, "step_count: Expected `int`, got `str`")
+    page = read_page(json.dumps(broken).encode())
+    assert page.rows[:3] + page.rows[4:] == whole[:3] + whole[4:]
+    assert page.rows[3] == msgspec.structs.replace(whole[3], step_count=None)
+    assert page.skipped == []
+    assert page.defects == [
+        Defect(
+            whole[3].task_id, whole[3].stream_id, "step_count", "Expected `int | null`, got `str`"
+        )
     ]
 
 
-def test_a_wrong_type_skips_only_its_row(api: SimulatedApi, world: World) -> None:
+def test_a_wrong_type_costs_only_its_field(api: SimulatedApi, world: World) -> None:
+    """A wrong type costs its field, never its row (a created_at given as a number is
+    read as unix seconds, as msgspec's lax mode reads it)."""
     api.faults.wrong_type_rate = 0.05
     with client_for(api) as client:
         listing = client.list_stream_usage(since=START - timedelta(days=1))
-    assert listing.invalid
-    assert all(bad.task_id for bad in listing.invalid)
-    assert len(listing.rows) + len(listing.invalid) == len(window(world, world.clock))
+    assert listing.invalid == []
+    assert all(d.task_id and d.stream_id for d in listing.defects)
+    assert {d.field for d in listing.defects} == {
+        "step_count", "tool_calls", "neo_credits", "agent_triggers"
+    }  # fmt: skip
+    assert sorted(r.stream_id or "" for r in listing.rows) == window(world, world.clock)
 
 
 def test_requests_are_counted_by_endpoint_and_code(api: SimulatedApi) -> None:
@@ -281,7 +285,7 @@ def test_requests_are_counted_by_endpoint_and_code(api: SimulatedApi) -> None:
     assert seen[:2] == [(STREAMS, "500"), (STREAMS, "200")]
 
 
-def test_mock_transport_without_has_more_stops_on_a_short_page() -> None:
+def test_an_empty_first_page_ends_the_listing_in_one_request() -> None:
     calls: list[httpx.URL] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -293,3 +297,131 @@ def test_mock_transport_without_has_more_stops_on_a_short_page() -> None:
     ) as c:
         assert c.list_stream_usage().rows == []
     assert len(calls) == 1
+
+
+PAGING = [
+    (cap, has_more, total)
+    for cap in (0, 37)
+    for has_more in ("truthful", "requested", "omitted", "always")
+    for total in ("truthful", "omitted")
+]
+
+
+@pytest.mark.parametrize(("cap", "has_more", "total"), PAGING)
+def test_every_row_is_listed_whatever_the_paging(
+    api: SimulatedApi, world: World, cap: int, has_more: str, total: str
+) -> None:
+    """A capped limit, a has_more worked out from the limit asked for, omitted or
+    always true, a total omitted: the listing holds every row of the window, once, and
+    pays at most one request more than the rows need (the empty page that proves the end
+    where no total does)."""
+    api.faults.page_cap, api.faults.has_more, api.faults.total = cap, has_more, total
+    with client_for(api) as client:
+        listing = client.list_stream_usage(since=START - timedelta(days=1))
+    expected = window(world, world.clock)
+    assert sorted(r.stream_id or "" for r in listing.rows) == expected
+    served = cap or 200
+    needed = -(-len(expected) // served)
+    told = total == "truthful"
+    assert listing.pages == needed + (not told or has_more == "always")
+    contradicts = told and (has_more == "always" or (has_more == "requested" and cap != 0))
+    assert bool(listing.inconsistent) == contradicts
+
+
+def test_an_offset_ignored_is_given_up_on_within_a_few_pages() -> None:
+    """A server that says has_more forever and serves the same rows whatever the offset:
+    the listing fails after STALE_PAGES pages that bring nothing new, not after millions."""
+    calls: list[httpx.URL] = []
+    row = {"task_id": "t", "stream_id": "s", "model": "m", "status": "completed",
+           "created_at": "2026-11-20T08:00:00Z"}  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url)
+        return httpx.Response(200, json={"data": [row], "has_more": True})
+
+    with (
+        NeoClient("http://neo", ("api_key", "k" * 20), transport=httpx.MockTransport(handler)) as c,
+        pytest.raises(ApiPayloadError, match="paging did not end"),
+    ):
+        c.list_stream_usage()
+    assert len(calls) == 1 + STALE_PAGES
+
+
+def test_has_more_forever_is_bounded_by_the_total() -> None:
+    """New rows forever behind a total of 500: given up past twice the total and ten
+    pages, not after ten million rows."""
+    calls: list[httpx.URL] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        offset = int(request.url.params["offset"])
+        calls.append(request.url)
+        rows = [
+            {"task_id": "t", "stream_id": f"s{offset + i}", "model": "m", "status": "completed",
+             "created_at": "2026-11-20T08:00:00Z"}
+            for i in range(200)
+        ]  # fmt: skip
+        return httpx.Response(200, json={"data": rows, "has_more": True, "total": 500})
+
+    with (
+        NeoClient("http://neo", ("api_key", "k" * 20), transport=httpx.MockTransport(handler)) as c,
+        pytest.raises(ApiPayloadError, match="total 500"),
+    ):
+        c.list_stream_usage()
+    assert len(calls) == (2 * 500 + PAST_TOTAL_PAGES * PAGE_LIMIT) // 200 + 1
+
+
+def test_an_inconsistent_envelope_is_logged_once_per_client(api: SimulatedApi) -> None:
+    api.faults.page_cap, api.faults.has_more = 50, "requested"
+    with client_for(api) as client, capture_logs() as logs:
+        first = client.list_stream_usage(since=START - timedelta(days=1))
+        second = client.list_stream_usage(since=START - timedelta(days=1))
+    assert first.inconsistent
+    assert first.inconsistent == second.inconsistent
+    warned = [e for e in logs if e["event"] == "paging_inconsistent"]
+    assert warned == [
+        {"event": "paging_inconsistent", "log_level": "warning", "endpoint": STREAMS,
+         "kind": "has_more_false_before_total"}
+    ]  # fmt: skip
+
+
+NOW = datetime(2026, 11, 20, 9, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("7", 7.0),
+        (" 2.5 ", 2.5),
+        ("-5", 0.0),
+        ("1e400", 86_400.0),
+        ("nan", None),
+        ("", None),
+        (None, None),
+        ("soon", None),
+        ("Fri, 20 Nov 2026 09:00:30 GMT", 30.0),
+        ("Fri, 20 Nov 2026 09:00:30", 30.0),  # no zone: HTTP dates are UTC
+        ("Wed, 21 Oct 2015 07:28:00", 0.0),  # in the past
+        ("Wed, 99 Foo 2015 07:28:00 GMT", None),
+        ("Fri, 20 Nov 2026 09:00:30 +9999", None),
+        ("\x00\udc80", None),
+    ],
+)
+def test_retry_after_in_any_form_is_read_or_ignored(
+    header: str | None, seconds: float | None
+) -> None:
+    assert retry_after(header, NOW) == seconds
+
+
+@pytest.mark.parametrize("header", ["soon", "Wed, 21 Oct 2015 07:28:00", "Fri, 99 Nov"])
+def test_a_garbage_retry_after_is_retried_with_the_usual_backoff(header: str) -> None:
+    answers = iter(
+        [httpx.Response(429, headers={"Retry-After": header}), httpx.Response(200, json={})]
+    )
+    sleeps: list[float] = []
+    with NeoClient(
+        "http://neo", ("api_key", "k" * 20), transport=httpx.MockTransport(lambda r: next(answers)),
+        retry=RetryPolicy(3, 0.5, 30.0), sleep=sleeps.append, seed=1,
+    ) as c:  # fmt: skip
+        c.get_summary()
+    assert len(sleeps) == 1
+    assert 0.25 <= sleeps[0] <= 0.5 or sleeps[0] == 0.0

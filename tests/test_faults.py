@@ -47,7 +47,7 @@ def test_faults_everywhere_then_recovery_is_exact(tmp_path: Path) -> None:
                 assert value(poller.metrics, "neo_exporter_last_poll_success") == 0
             assert rig.ledger is not None
             truth.after_poll(rig.ledger)
-        assert value(poller.metrics, "neo_exporter_errors_total", reason="invalid_row") > 0
+        assert value(poller.metrics, "neo_exporter_errors_total", reason="invalid_field") > 0
         assert value(poller.metrics, "neo_exporter_polls_total", result="success") > 0
         for name in ("error_rate", "truncate_rate", "garbage_rate", "wrong_type_rate"):
             setattr(faults, name, 0.0)

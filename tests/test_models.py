@@ -64,9 +64,9 @@ def test_lenient_values_read_as_meant(field: str, sent: Any, read: Any) -> None:
     ("field", "sent", "expected"),
     [
         ("step_count", -1, "step_count: Expected `int` >= 0"),
-        ("step_count", 5.5, "step_count: Expected `int`, got `float`"),
-        ("step_count", True, "step_count: Expected `int`, got `bool`"),
-        ("step_count", "many", "step_count: Expected `int`, got `str`"),
+        ("step_count", 5.5, "step_count: Expected `int | null`, got `float`"),
+        ("step_count", True, "step_count: Expected `int | null`, got `bool`"),
+        ("step_count", "many", "step_count: Expected `int | null`, got `str`"),
         ("tool_calls", MAX_COUNT + 1, f"tool_calls: Expected `int` <= {MAX_COUNT}"),
         ("task_id", "", "task_id: Expected `str` of length >= 1"),
         ("model", None, "model: Expected `str`, got `null`"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import zlib
@@ -31,6 +32,14 @@ WRONG_TYPES: tuple[tuple[str, Any], ...] = (
     ("agent_triggers", [1]),
 )
 EXTRA = {"x_sim_future_field": {"nested": [1, 2, 3]}, "x_sim_flag": True}
+# Values msgspec refuses, each in a field of the usage row the exporter does not read.
+HOSTILE_UNREAD: tuple[tuple[str, str], ...] = (
+    ("avg_step_latency_ms", "NaN"),
+    ("x_sim_huge", "1e400"),
+    ("x_sim_infinite", "-Infinity"),
+    ("task_title", '"\\ud800 lone surrogate"'),
+    ("tool_breakdown", "[" * 1000 + "]" * 1000),
+)
 UNKNOWN_STATUS = "quarantined"
 GARBAGE = b"<html><body><h1>502 Bad Gateway</h1>upstream hiccup</body></html>"
 
@@ -65,6 +74,25 @@ class Faults:
     # Endpoint templates (such as "/api/v1/tasks/{id}") that answer with the given error
     # status until removed, as when one backend of the API is down (503) or refuses (404).
     down: dict[str, int] = field(default_factory=dict)
+    # Paging of the usage lists, as an API we have never seen might page them:
+    # page_cap serves at most that many rows a page whatever `limit` asks (0: no cap);
+    # has_more is "truthful", "requested" (worked out from the `limit` asked for, not
+    # the one served: false too early under a cap), "omitted" or "always" (true even on
+    # the last page); total is "truthful" or "omitted".
+    page_cap: int = 0
+    has_more: str = "truthful"
+    total: str = "truthful"
+    # Rows with values msgspec refuses, as a careless server might send them, in fields
+    # the exporter does not read, on every row of a stable share (NaN, 1e400, a lone
+    # surrogate, an array nested 1,000 deep).
+    hostile_values: bool = False
+    # Unreadable or odd values in fields the exporter counts, on rows of a stable share
+    # of runs while they are in progress: neo_credits NaN, the last tool call's
+    # duration_ms -1 or a quarter millisecond over, llm_time_ms a quarter over. Every
+    # value is readable once the run has ended.
+    spoil_running: bool = False
+    # Every tool call's index 0, as an API that numbers them per something else would.
+    tool_index_zero: bool = False
     seed: int = 0
     _burst_left: int = field(default=0, repr=False)
     _burst_status: int = field(default=503, repr=False)
@@ -120,7 +148,28 @@ class Faults:
             or self.null_fields
             or self.unknown_status
             or (self.wrong_type_rate > 0)
+            or self.tool_index_zero
+            or self.hostile_values
+            or self.spoil_running
         )
+
+    def envelope(self, offset: int, asked: int, served: int, total: int) -> dict[str, Any]:
+        """``has_more`` and ``total`` of a usage page as the paging knobs serve them:
+        ``asked`` is the limit asked for, ``served`` the rows on the page."""
+        out: dict[str, Any] = {}
+        if self.has_more == "truthful":
+            out["has_more"] = offset + served < total
+        elif self.has_more == "requested":
+            out["has_more"] = offset + asked < total
+        elif self.has_more == "always":
+            out["has_more"] = True
+        elif self.has_more != "omitted":
+            raise ValueError("has_more must be truthful, requested, omitted or always")
+        if self.total == "truthful":
+            out["total"] = total
+        elif self.total != "omitted":
+            raise ValueError("total must be truthful or omitted")
+        return out
 
     def object(self, obj: dict[str, Any]) -> dict[str, Any]:
         """A non-row object (task info, summary, envelope) as the faults would serve it."""
@@ -142,7 +191,55 @@ class Faults:
             with self._lock:
                 name, value = self._rng.choice(WRONG_TYPES)
             out[name] = value
+        if self.tool_index_zero and out.get("tool_call_history"):
+            out["tool_call_history"] = [{**c, "index": 0} for c in out["tool_call_history"]]
         return out
+
+    @staticmethod
+    def spoils_running(ident: str) -> bool:
+        """Whether ``spoil_running`` spoils the counted fields of this run (stream or
+        task ID) while it is in progress: its credits, and its last tool call's duration
+        when ``spoils_last_call``."""
+        return _stable_share(f"hostile-running:{ident}", 2)
+
+    @staticmethod
+    def spoils_last_call(last: int) -> bool:
+        """Whether a spoiled row's last tool call (at position ``last``) reads -1."""
+        return last % 2 == 1
+
+    def text(self, row: dict[str, Any], running: bool) -> str:
+        """A usage row's JSON text, with hostile values where ``hostile_values`` puts
+        them; ``running``: whether its run is still in progress."""
+        if not (self.hostile_values or self.spoil_running):
+            return json.dumps(row, separators=(",", ":"), default=float)
+        ident = row.get("stream_id") or row.get("task_id")
+        out = dict(row)
+        raw: dict[str, str] = {}
+        if self.hostile_values and _stable_share(f"hostile:{ident}", 3):
+            kind = zlib.crc32(f"kind:{ident}".encode()) % len(HOSTILE_UNREAD)
+            name, text = HOSTILE_UNREAD[kind]
+            raw[name] = text
+        if self.spoil_running and running and self.spoils_running(str(ident)):
+            calls = out.get("tool_call_history") or []
+            if calls:
+                last = len(calls) - 1
+                calls = [dict(c) for c in calls]
+                true = calls[last]["duration_ms"]
+                calls[last]["duration_ms"] = "__HOSTILE_DURATION__"
+                # -1 is unreadable; a quarter of a millisecond more rounds back to it.
+                raw["__HOSTILE_DURATION__"] = "-1" if self.spoils_last_call(last) else f"{true}.25"
+                out["tool_call_history"] = calls
+            if out.get("llm_time_ms") is not None:
+                out["llm_time_ms"] = float(out["llm_time_ms"]) + 0.25
+            if out.get("neo_credits") is not None:
+                out["neo_credits"] = "__HOSTILE_CREDITS__"
+                raw["__HOSTILE_CREDITS__"] = "NaN"
+        text = json.dumps(out, separators=(",", ":"), default=float)
+        extra = "".join(f',"{n}":{v}' for n, v in raw.items() if not n.startswith("__"))
+        for name, value in raw.items():
+            if name.startswith("__"):
+                text = text.replace(f'"{name}"', value)
+        return text[:-1] + extra + "}"
 
     def body(self, payload: bytes) -> bytes:
         """The bytes on the wire: sometimes cut in half, sometimes not JSON at all."""

@@ -93,6 +93,11 @@ def _task_filter(params: Params) -> Callable[[Task], bool]:
     return keep
 
 
+def page_limit(params: Params) -> int:
+    """The ``limit`` a usage list request asks for (400 if out of range)."""
+    return _int(params, "limit", 50, 1, 200)
+
+
 def _page(matches: list[Any], params: Params) -> Page:
     limit = _int(params, "limit", 50, 1, 200)
     offset = _int(params, "offset", 0, 0, None)

@@ -203,19 +203,25 @@ class SimulatedApi:
     def _payload(self, template: str, ident: str | None, params: dict[str, str]) -> bytes:
         world, faults = self.world, self.faults
         now = world.sync()
-        if template == STREAMS:
-            page = queries.stream_page(world, now, params)
-            rows = [views.stream_json(world, s, now) for s in page.items]
-            return self._envelope(rows, page)
-        if template == TASK_USAGES:
-            page = queries.task_page(world, now, params)
-            rows = [_json(views.task_row(world, t, now)).decode() for t in page.items]
-            return self._envelope(rows, page)
+        if template in (STREAMS, TASK_USAGES):
+            served = dict(params)
+            asked = queries.page_limit(params)
+            if faults.page_cap:
+                served["limit"] = str(min(asked, faults.page_cap))
+            if template == STREAMS:
+                page = queries.stream_page(world, now, served)
+                rows = [views.stream_json(world, s, now) for s in page.items]
+            else:
+                page = queries.task_page(world, now, served)
+                rows = [_json(views.task_row(world, t, now)).decode() for t in page.items]
+            offset = int(params.get("offset") or 0)
+            return self._envelope(rows, faults.envelope(offset, asked, len(rows), page.total))
         if template == TASK_USAGE:
             task = world.task_by_id.get(ident or "")
             if task is None or not task.listed:
                 raise ApiProblem(404, "not_exists", "task not found")
-            return _json(faults.row(views.task_row(world, task, now)))
+            row = faults.row(json.loads(_json(views.task_row(world, task, now))))
+            return faults.text(row, running=row.get("status") == "running").encode()
         if template == TASK:
             task = world.task_by_id.get(ident or "")
             if task is None:
@@ -232,11 +238,14 @@ class SimulatedApi:
             return _json(faults.object(queries.summary(world, now, params)))
         return _json(faults.object(queries.credit_balance(world, now)))
 
-    def _envelope(self, rows: list[str], page: queries.Page) -> bytes:
-        if self.faults.touches_rows:
-            rows = [_json(self.faults.row(json.loads(r))).decode() for r in rows]
-        rest = _json(self.faults.object({"has_more": page.has_more, "total": page.total}))
-        return b'{"data":[' + ",".join(rows).encode() + b"]," + rest[1:]
+    def _envelope(self, rows: list[str], paging: dict[str, Any]) -> bytes:
+        faults = self.faults
+        if faults.touches_rows:
+            loaded = [faults.row(json.loads(r)) for r in rows]
+            rows = [faults.text(r, running=r.get("status") == "running") for r in loaded]
+        rest = _json(faults.object(paging))
+        tail = b"," + rest[1:] if rest != b"{}" else b"}"
+        return b'{"data":[' + ",".join(rows).encode() + b"]" + tail
 
 
 class _Server(ThreadingHTTPServer):
