@@ -223,7 +223,8 @@ SELF: tuple[MetricSpec, ...] = (
     MetricSpec(
         "neo_exporter_errors_total",
         "counter",
-        "Errors by reason (credentials_rejected, forbidden, timeout, invalid_row, ...).",
+        "Errors by reason (credentials_rejected, forbidden, timeout, invalid_row, "
+        "invalid_field, paging_inconsistent, ...).",
         ("reason",),
         group="self",
     ),

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from exporter.simulator import StreamTruth
-from tests.test_faults import value
-from tests.test_poller import Rig, assert_exact, make_rig, poll, run_polls
+from tests.rig import Rig, assert_exact, make_rig, poll, run_polls, value
 from tests.truth import Truth, compare, counted, units
 
 # (page_cap, has_more, total): a capped limit with has_more worked out from the limit

@@ -18,13 +18,8 @@ from exporter.poller import FULL_LIST_INTERVAL, Poller, PollReport
 from exporter.selfmetrics import SelfMetrics
 from exporter.simulator import StreamTruth
 from tests.conftest import BUCKETS, usage_row
-from tests.test_poller import DAY, START, Rig, assert_exact, make_rig
+from tests.rig import DAY, START, Rig, assert_exact, make_rig, value
 from tests.truth import FIELDS, Truth, compare, counted, units
-
-
-def value(metrics: SelfMetrics, name: str, **labels: str) -> float:
-    found = metrics.registry.get_sample_value(name, labels)
-    return 0.0 if found is None else found
 
 
 def test_faults_everywhere_then_recovery_is_exact(tmp_path: Path) -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -13,101 +12,16 @@ import pytest
 
 from exporter import poller as poller_module
 from exporter.account import AccountReader
-from exporter.client import NeoClient, RetryPolicy
 from exporter.errors import ExporterError
-from exporter.ledger import Ledger
-from exporter.poller import ACCOUNT_INTERVAL, FULL_LIST_INTERVAL, Poller
-from exporter.selfmetrics import SelfMetrics
-from exporter.simulator import DEMO_API_KEY, ManualClock, SimulatedApi, StreamTruth, World
-from tests.conftest import BUCKETS
-from tests.truth import Truth, compare, counted
-
-START = datetime(2026, 11, 20, 9, tzinfo=UTC)
-DAY = 86_400.0
-
-
-@dataclass
-class Rig:
-    """A world, its API over loopback, and an exporter's poller with its ledger."""
-
-    clock: ManualClock
-    world: World
-    api: SimulatedApi
-    state_path: Path
-    pinned: tuple[str, ...] = ()
-    defer_index: bool = False  # as the daemon: the poller loads the recent part only
-    poller: Poller | None = None
-    ledger: Ledger | None = None
-
-    def open(self) -> Poller:
-        self.ledger = Ledger(
-            self.state_path, buckets=BUCKETS, max_label_values=100, defer_index=self.defer_index
-        )
-        client = NeoClient(
-            self.api.url,
-            ("api_key", DEMO_API_KEY),
-            timeout=5,
-            retry=RetryPolicy(max_retries=4, backoff_base=0.0, backoff_max=0.0),
-            sleep=lambda _: None,
-        )
-        self.poller = Poller(
-            client,
-            self.ledger,
-            SelfMetrics(process=False),
-            lookback=DAY,
-            pinned=self.pinned,
-            clock=self.clock.now,
-        )
-        return self.poller
-
-    def close(self) -> None:
-        assert self.poller is not None
-        assert self.ledger is not None
-        self.poller.close()
-        self.poller.client.close()
-        self.ledger.close()
-        self.poller = self.ledger = None
-
-    @property
-    def baseline(self) -> float:
-        assert self.ledger is not None
-        return float(self.ledger.meta["baseline"])
-
-
-def make_rig(tmp_path: Path, **world: object) -> Iterator[Rig]:
-    clock = ManualClock(START)
-    options = {"tasks_per_day": 1500, **world}
-    sim = World(seed=11, clock=clock, **options)  # type: ignore[arg-type]
-    with SimulatedApi(sim) as api:
-        rig = Rig(clock, sim, api, tmp_path / "state.db")
-        yield rig
-        if rig.poller is not None:
-            rig.close()
+from exporter.poller import ACCOUNT_INTERVAL, FULL_LIST_INTERVAL
+from exporter.simulator import StreamTruth
+from tests.rig import DAY, START, Rig, assert_exact, make_rig, poll, run_polls
+from tests.truth import Truth, counted
 
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
     yield from make_rig(tmp_path)
-
-
-def poll(rig: Rig, truth: Truth) -> None:
-    assert rig.poller is not None
-    assert rig.ledger is not None
-    report = rig.poller.poll_once()
-    assert report.invalid_rows == 0
-    truth.after_poll(rig.ledger)
-
-
-def run_polls(rig: Rig, truth: Truth, count: int, step: float) -> None:
-    for _ in range(count):
-        rig.clock.advance(step)
-        poll(rig, truth)
-
-
-def assert_exact(rig: Rig, truth: Truth) -> None:
-    assert rig.ledger is not None
-    diff = compare(truth.expected(rig.baseline), counted(rig.ledger))
-    assert diff == {}, diff
 
 
 @pytest.mark.parametrize("full_list_interval", [0.0, FULL_LIST_INTERVAL])

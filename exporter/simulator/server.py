@@ -106,6 +106,8 @@ class SimulatedApi:
         self.role = role
         self.faults = faults if faults is not None else Faults()
         self.requests: Counter[tuple[str, int]] = Counter()
+        # When a list, every request's method and target, in the order answered.
+        self.journal: list[str] | None = None
         self._count_lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._httpd = _Server((host, port), _Handler)
@@ -166,6 +168,9 @@ class SimulatedApi:
         """The full answer to one request, faults included."""
         split = urlsplit(target)
         template, ident = route(split.path)
+        if self.journal is not None:
+            with self._count_lock:
+                self.journal.append(f"{method} {target}")
         faults = self.faults
         if faults.latency > 0:
             time.sleep(faults.latency)
