@@ -26,7 +26,7 @@ import httpx
 import structlog
 
 from exporter.app import Exporter
-from exporter.poller import PollReport
+from exporter.poll import PollReport
 from exporter.settings import Settings
 from exporter.simulator import DEMO_API_KEY, ManualClock, SimulatedApi, World
 

@@ -455,6 +455,27 @@ def apply(
     return state
 
 
+def confirm_start(state: RunState, started: float, baseline: float) -> bool:
+    """A run taken for history in doubt, now that its start is known (from its task's
+    details, or from its row when they answered without it or never will): counted in
+    full if it started after the baseline (returns True), history indeed if not."""
+    state.started_at = started
+    if started >= baseline:
+        count_in_full(state)  # the fold of its row counts the rest
+        return True
+    state.unconfirmed = None
+    return False
+
+
+def hold_in_doubt(state: RunState, first: bool, stamp: float) -> None:
+    """Keep what a run taken for history in doubt held when first seen (at ``stamp``),
+    and have its row read and folded at every poll (no fingerprint to find it
+    unchanged by)."""
+    if first:
+        state.unconfirmed = FirstSight(dict(state.agents), [r[:] for r in state.tools_seen], stamp)
+    state.fingerprint = None
+
+
 def count_in_full(state: RunState) -> None:
     """A run taken for history (baselined) turned out to have started after the baseline:
     bring its state back to what the counters hold of it, so that folding its row next

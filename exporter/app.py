@@ -21,7 +21,7 @@ from exporter.collector import UsageCollector
 from exporter.errors import StateError
 from exporter.exposition import Exposition
 from exporter.ledger import Ledger, PollChanges
-from exporter.poller import Poller
+from exporter.poll import Poller, Timing
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import Health, make_server
 from exporter.webconfig import WebConfig, load_web_config
@@ -121,8 +121,9 @@ class Exporter:
                 self.client,
                 self.ledger,
                 self.metrics,
-                lookback=settings.lookback,
-                full_list_interval=settings.full_list_interval,
+                timing=Timing(
+                    lookback=settings.lookback, full_list_interval=settings.full_list_interval
+                ),
                 pinned=pinned,
                 max_workers=settings.max_concurrent_requests,
                 clock=clock,

@@ -10,9 +10,7 @@ backfill ending at the baseline and the live counters never count anything twice
 
 from __future__ import annotations
 
-import json
 import math
-import sqlite3
 import sys
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -24,8 +22,8 @@ from typing import TYPE_CHECKING, Literal, TextIO
 from exporter.accounting import Observation, run_key
 from exporter.catalogue import RUN_COUNTERS, RUNS, MetricSpec
 from exporter.client import NeoClient
-from exporter.errors import ExporterError, StateError
-from exporter.ledger import select_runs
+from exporter.errors import ExporterError
+from exporter.ledger import LedgerReader
 from exporter.models import TaskUsage
 
 if TYPE_CHECKING:
@@ -255,46 +253,18 @@ class LiveState:
 def counted_in_full(state_path: Path, stream_ids: list[str]) -> set[str]:
     """Those of ``stream_ids`` that the live exporter counts in full (a row may carry its
     task's date, older than the run's start), read without writing."""
-    if not state_path.is_file():
-        return set()
-    db = sqlite3.connect(f"file:{state_path}?mode=ro", uri=True)
-    try:
-        return {row[0] for row in select_runs(db, "stream_id", stream_ids, "baselined = 0")}
-    except sqlite3.Error as exc:
-        raise StateError(f"cannot read the state file {state_path}: {exc}") from None
-    finally:
-        db.close()
+    return LedgerReader(state_path).counted_in_full(stream_ids)
 
 
 def read_live_state(state_path: Path) -> LiveState:
     """The live exporter's baseline and its baselined runs, read without writing."""
-    if not state_path.is_file():
-        return LiveState()
-    db = sqlite3.connect(f"file:{state_path}?mode=ro", uri=True)
-    try:
-        found = db.execute("SELECT value FROM meta WHERE key = 'baseline'").fetchone()
-        columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
-        rows = (
-            db.execute("SELECT stream_id, uncounted FROM runs WHERE baselined = 1").fetchall()
-            if "uncounted" in columns
-            else [
-                (r[0], None) for r in db.execute("SELECT stream_id FROM runs WHERE baselined = 1")
-            ]
-        )
-        doubtful = (
-            db.execute("SELECT stream_id FROM runs WHERE unconfirmed IS NOT NULL").fetchall()
-            if "unconfirmed" in columns
-            else []
-        )
-    except sqlite3.Error as exc:
-        raise StateError(f"cannot read the state file {state_path}: {exc}") from None
-    finally:
-        db.close()
-    state = LiveState(datetime.fromtimestamp(float(found[0]), UTC) if found else None)
-    state.doubtful = {row[0] for row in doubtful}
-    for stream_id, raw in rows:
-        if raw is None:
+    reader = LedgerReader(state_path)
+    baseline = reader.baseline()
+    state = LiveState(datetime.fromtimestamp(baseline, UTC) if baseline is not None else None)
+    state.doubtful = reader.doubtful_runs()
+    for stream_id, held in reader.baselined_runs().items():
+        if held is None:
             state.unknown += 1
         else:
-            state.uncounted[stream_id] = json.loads(raw)
+            state.uncounted[stream_id] = held
     return state

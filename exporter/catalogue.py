@@ -13,7 +13,11 @@ MILLI = 1_000  # durations arrive in milliseconds and are served in seconds
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """One metric family: its exposition name (counters with ``_total``), kind and labels."""
+    """One metric family: its exposition name (counters with ``_total``), kind and labels.
+
+    ``key``: for the families the ledger stores (usage counters and histograms), the name
+    it stores them under. It never changes, so that renaming the family (``name``) keeps
+    its totals."""
 
     name: str
     kind: Kind
@@ -21,6 +25,7 @@ class MetricSpec:
     labels: tuple[str, ...] = ()
     scale: int = 1  # stored integer units per served unit
     group: Literal["usage", "tasks", "pinned", "account", "team", "self"] = "usage"
+    key: str = ""
 
 
 MS = ("model", "status")
@@ -32,26 +37,51 @@ CREDITS = MetricSpec(
     "Neo credits spent by task runs (1 credit = 10 USD per the Neo API docs).",
     MS,
     NANO,
+    key="credits",
 )
-STEPS = MetricSpec("neo_steps_total", "counter", "Agent steps executed by task runs.", MS)
-TOOL_CALLS = MetricSpec("neo_tool_calls_total", "counter", "Tool calls made by task runs.", MS)
+STEPS = MetricSpec(
+    "neo_steps_total", "counter", "Agent steps executed by task runs.", MS, key="steps"
+)
+TOOL_CALLS = MetricSpec(
+    "neo_tool_calls_total", "counter", "Tool calls made by task runs.", MS, key="tool_calls"
+)
 AGENT_TRIGGERS = MetricSpec(
-    "neo_agent_triggers_total", "counter", "Agent triggers made by task runs.", MS
+    "neo_agent_triggers_total",
+    "counter",
+    "Agent triggers made by task runs.",
+    MS,
+    key="agent_triggers",
 )
 RUNS = MetricSpec(
     "neo_task_runs_total",
     "counter",
     "Task runs (streams) that finished, by their status when first seen finished.",
     MS,
+    key="runs",
 )
 LLM_TIME = MetricSpec(
-    "neo_llm_time_seconds_total", "counter", "LLM inference time of task runs.", MS, MILLI
+    "neo_llm_time_seconds_total",
+    "counter",
+    "LLM inference time of task runs.",
+    MS,
+    MILLI,
+    key="llm_ms",
 )
 TOOL_TIME = MetricSpec(
-    "neo_tool_time_seconds_total", "counter", "Tool execution time of task runs.", MS, MILLI
+    "neo_tool_time_seconds_total",
+    "counter",
+    "Tool execution time of task runs.",
+    MS,
+    MILLI,
+    key="tool_ms",
 )
 EXEC_TIME = MetricSpec(
-    "neo_execution_time_seconds_total", "counter", "Total execution time of task runs.", MS, MILLI
+    "neo_execution_time_seconds_total",
+    "counter",
+    "Total execution time of task runs.",
+    MS,
+    MILLI,
+    key="exec_ms",
 )
 BYOK_LLM_COST = MetricSpec(
     "neo_byok_llm_cost_credits_total",
@@ -59,6 +89,7 @@ BYOK_LLM_COST = MetricSpec(
     "LLM cost of Bring-Your-Own-Key runs, in the base amount the API reports as credits.",
     MS,
     NANO,
+    key="llm_cost",
 )
 BYOK_NEO_COST = MetricSpec(
     "neo_byok_neo_cost_credits_total",
@@ -66,12 +97,14 @@ BYOK_NEO_COST = MetricSpec(
     "Neo platform cost of Bring-Your-Own-Key runs after the account's neo_cost_rate.",
     MS,
     NANO,
+    key="neo_cost",
 )
 AGENT_BREAKDOWN = MetricSpec(
     "neo_agent_triggers_by_agent_total",
     "counter",
     "Agent triggers by agent name, from each run's agent_breakdown.",
     ("model", "agent"),
+    key="agent_triggers_by_agent",
 )
 TOOL_DURATION = MetricSpec(
     "neo_tool_call_duration_seconds",
@@ -79,6 +112,7 @@ TOOL_DURATION = MetricSpec(
     "Duration of individual tool calls, one observation per tool_call_history entry.",
     ("model", "tool"),
     MILLI,
+    key="tool_call_duration",
 )
 RUN_CREDITS = MetricSpec(
     "neo_task_run_credits",
@@ -86,6 +120,7 @@ RUN_CREDITS = MetricSpec(
     "Credits per finished task run, observed once when the run is first seen finished.",
     MS,
     NANO,
+    key="run_credits",
 )
 RUN_DURATION = MetricSpec(
     "neo_task_run_execution_seconds",
@@ -93,6 +128,7 @@ RUN_DURATION = MetricSpec(
     "Execution time per finished task run, observed once when the run is first seen finished.",
     MS,
     MILLI,
+    key="run_execution",
 )
 
 # Field of the ledger's run record -> counter it feeds.

@@ -19,10 +19,9 @@ import structlog
 from exporter import __version__
 from exporter.app import Exporter
 from exporter.durations import parse_duration
-from exporter.errors import ExporterError
+from exporter.errors import ConfigError, ExporterError
 from exporter.logs import configure_logging, register_secret
 from exporter.settings import (
-    ConfigError,
     Settings,
     add_settings_arguments,
     describe,

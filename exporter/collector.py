@@ -31,6 +31,7 @@ from exporter.catalogue import (
 )
 from exporter.histograms import Histogram
 from exporter.ledger import Ledger
+from exporter.snapshots import PinnedFigures
 
 # Task-details statuses are a closed, documented vocabulary: always allowed as labels.
 TASK_STATUSES = frozenset(
@@ -258,19 +259,20 @@ class UsageCollector:
     def _pinned(self) -> Iterator[Metric]:
         snapshots = {}
         for task_id in self.pinned:
-            raw = self.ledger.meta.get(f"pinned:{task_id}")
-            if raw is not None:
-                snapshots[task_id] = json.loads(raw)
+            snap = PinnedFigures.read(self.ledger.meta.get(PinnedFigures.key(task_id)))
+            if snap is not None:
+                snapshots[task_id] = snap
         for spec in PINNED:
             field = spec.name.removeprefix("neo_pinned_task_")
             family = GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
             for task_id, snap in snapshots.items():
-                if snap.get(field) is not None:  # None: never reported readably yet
-                    family.add_metric([task_id], snap[field] / spec.scale)
+                figure = getattr(snap, field)
+                if figure is not None:  # None: never reported readably yet
+                    family.add_metric([task_id], figure / spec.scale)
             yield family
         info = GaugeMetricFamily(PINNED_INFO.name, PINNED_INFO.help, labels=PINNED_INFO.labels)
         for task_id, snap in snapshots.items():
-            info.add_metric([task_id, snap["model"][:120], snap["status"][:60]], 1)
+            info.add_metric([task_id, snap.model[:120], snap.status[:60]], 1)
         yield info
 
     def _account(self) -> Iterator[Metric]:

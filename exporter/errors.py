@@ -2,6 +2,7 @@
 
     ExporterError                 base of everything raised on purpose
     ├── ConfigError               a bad setting (exporter.settings); exit status 2
+    ├── WebConfigError            a web config file we cannot read or honour
     ├── StateError                the SQLite ledger is unreadable, corrupt or from elsewhere
     └── ApiError                  a Neo API call failed
         ├── ApiTransportError     connection refused, reset, DNS: no HTTP answer at all
@@ -14,7 +15,12 @@
         └── ApiPayloadError       an answer that is not the JSON the API documents
 
 Every ApiError has a short ``reason`` (used as the ``reason`` label of
-``neo_exporter_errors_total``) and never carries a credential in its message.
+``neo_exporter_errors_total``) and never carries a credential in its message, and says
+whether it is ``lasting``: the one rule for "permanent" against "worth asking again".
+A lasting error is the API's own answer that the thing is not there or not for this key
+(a 4xx other than 401, 408 and 429): asking again, in this poll or the next, cannot
+help. Everything else (no answer, 5xx, a broken payload, rejected credentials that an
+operator may fix, a rate limit) may mend.
 """
 
 from __future__ import annotations
@@ -24,6 +30,18 @@ class ExporterError(Exception):
     """Base of every error the exporter raises on purpose."""
 
     reason = "internal"
+
+
+class ConfigError(ExporterError):
+    """A setting is missing, unknown or invalid; the message says which and how to fix it."""
+
+    reason = "config"
+
+
+class WebConfigError(ExporterError):
+    """The web config file is unreadable or says something we cannot do."""
+
+    reason = "web_config"
 
 
 class StateError(ExporterError):
@@ -40,6 +58,11 @@ class ApiError(ExporterError):
     def __init__(self, message: str, *, endpoint: str = "") -> None:
         super().__init__(message)
         self.endpoint = endpoint
+
+    @property
+    def lasting(self) -> bool:
+        """Whether asking again cannot help (see the module's docstring)."""
+        return False
 
 
 class ApiTransportError(ApiError):
@@ -74,6 +97,10 @@ class ApiStatusError(ApiError):
         self.status = status
         self.code = code
         self.error_id = error_id
+
+    @property
+    def lasting(self) -> bool:
+        return 400 <= self.status < 500 and self.status not in (401, 408, 429)
 
 
 class CredentialsRejected(ApiStatusError):

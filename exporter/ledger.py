@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -14,6 +15,7 @@ from typing import Any, NamedTuple
 import msgspec
 import structlog
 
+from exporter import catalogue
 from exporter.accounting import Deltas, FirstSight, LabelGuard, RunState
 from exporter.catalogue import HISTOGRAMS
 from exporter.errors import StateError
@@ -21,7 +23,7 @@ from exporter.histograms import Exemplar, ExemplarKey, Histogram, Labels, Series
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 RECOVERY = (
     "the exporter will not start from zero on its own, because that would count every run "
     "in the lookback window a second time. Restore the file from a backup, or move it aside "
@@ -66,7 +68,31 @@ RUN_COLUMNS = (
 # Version 1 lacked runs.uncounted (its baselined runs read as "first-sight values
 # unknown") and tasks.awaiting (its tasks await nothing); version 2 lacked
 # runs.unconfirmed (its baselined runs are history for sure).
-_TO_3 = ("ALTER TABLE runs ADD COLUMN unconfirmed TEXT",)
+# Version 3 stored counters and histograms under their exposition names; version 4 under
+# keys that a rename of the family leaves alone (MetricSpec.key). The names of then, as
+# they were: later renames must not change this list.
+_KEYS_OF_VERSION_3 = (
+    ("neo_credits_total", "credits"),
+    ("neo_steps_total", "steps"),
+    ("neo_tool_calls_total", "tool_calls"),
+    ("neo_agent_triggers_total", "agent_triggers"),
+    ("neo_task_runs_total", "runs"),
+    ("neo_llm_time_seconds_total", "llm_ms"),
+    ("neo_tool_time_seconds_total", "tool_ms"),
+    ("neo_execution_time_seconds_total", "exec_ms"),
+    ("neo_byok_llm_cost_credits_total", "llm_cost"),
+    ("neo_byok_neo_cost_credits_total", "neo_cost"),
+    ("neo_agent_triggers_by_agent_total", "agent_triggers_by_agent"),
+    ("neo_tool_call_duration_seconds", "tool_call_duration"),
+    ("neo_task_run_credits", "run_credits"),
+    ("neo_task_run_execution_seconds", "run_execution"),
+)
+_TO_4 = tuple(
+    f"UPDATE {table} SET name = '{key}' WHERE name = '{name}'"  # noqa: S608 - constants
+    for table in ("counters", "histograms")
+    for name, key in _KEYS_OF_VERSION_3
+)
+_TO_3 = ("ALTER TABLE runs ADD COLUMN unconfirmed TEXT", *_TO_4)
 MIGRATIONS = {
     "1": (
         "ALTER TABLE runs ADD COLUMN uncounted TEXT",
@@ -76,6 +102,7 @@ MIGRATIONS = {
         *_TO_3,
     ),
     "2": _TO_3,
+    "3": _TO_4,
 }
 # Runs are evicted from memory by start, this many seconds of starts at a time.
 EVICT_BUCKET = 600
@@ -215,6 +242,9 @@ class Ledger:
         self.index_loaded = False
         self._buckets = {spec.name: tuple(buckets[spec.name]) for spec in HISTOGRAMS}
         self._scales = {spec.name: spec.scale for spec in HISTOGRAMS}
+        # Exposition name -> storage key of every family the ledger stores: read from the
+        # catalogue when opened, so that a renamed family finds its totals.
+        self._keys = {spec.name: spec.key for spec in (*catalogue.COUNTERS, *catalogue.HISTOGRAMS)}
         self.counters: dict[tuple[str, Labels], int] = {}
         self.histograms: dict[SeriesKey, Histogram] = {}
         self.tasks: dict[str, TaskRecord] = {}
@@ -326,11 +356,13 @@ class Ledger:
                 f"state file {self.path} has schema version {version}, this exporter reads "
                 f"{SCHEMA_VERSION}: run the exporter version that wrote it, or {RECOVERY}"
             )
-        for name, labels, value in db.execute("SELECT name, labels, value FROM counters"):
-            self.counters[(name, tuple(json.loads(labels)))] = value
-        for name, labels, bounds, buckets, total, count in db.execute(
+        named = {key: name for name, key in self._keys.items()}
+        for key, labels, value in db.execute("SELECT name, labels, value FROM counters"):
+            self.counters[(named.get(key, key), tuple(json.loads(labels)))] = value
+        for key, labels, bounds, buckets, total, count in db.execute(
             "SELECT name, labels, bounds, buckets, sum, count FROM histograms"
         ):
+            name = named.get(key, key)
             stored = tuple(json.loads(bounds))
             if name in self._buckets and stored != self._buckets[name]:
                 log.warning("histogram_buckets_kept", metric=name, stored=stored)
@@ -447,6 +479,11 @@ class Ledger:
         """The rows of an SQL query on the file, for tools and tests."""
         return [tuple(row) for row in self._db.execute(sql, params)]
 
+    def flagged_tasks(self) -> list[tuple[str, TaskRecord]]:
+        """The tasks that are live, awaited or followed, with their records: what a poll
+        reads beyond the listings (all in memory: eviction keeps them)."""
+        return [(task_id, self.tasks[task_id]) for task_id in self.flagged]
+
     def task(self, task_id: str) -> TaskRecord | None:
         """What the ledger knows of a task, from memory or, once evicted, the file."""
         record = self.tasks.get(task_id)
@@ -466,14 +503,17 @@ class Ledger:
 
     # -- the one write path ----------------------------------------------------
 
-    def commit(self, changes: PollChanges) -> None:
-        """Write one poll's changes in one transaction; memory follows only on success."""
+    def commit(self, changes: PollChanges) -> dict[str, int]:
+        """Write one poll's changes in one transaction; memory follows only on success.
+        Returns the label values folded into ``other`` since the last commit, by label
+        (those of a failed commit are returned by the next one)."""
         counters = {
             key: self.counters.get(key, 0) + amount
             for key, amount in changes.deltas.counters.items()
         }
         histograms, exemplars = bin_poll(changes.deltas, self.histogram_for, time.time())
         new_labels = list(self.guard.new)
+        keys = self._keys
         # Runs new to memory; those of them already in the file were evicted, not new.
         fresh = [s for s in changes.runs if s.stream_id not in self.fingerprints]
         stored = len(self.known_runs(s.stream_id for s in fresh)) if self.partial else 0
@@ -488,13 +528,13 @@ class Ledger:
             )
             db.executemany(
                 "INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
-                [(n, json.dumps(labels), v) for (n, labels), v in counters.items()],
+                [(keys.get(n, n), json.dumps(labels), v) for (n, labels), v in counters.items()],
             )
             db.executemany(
                 "INSERT OR REPLACE INTO histograms VALUES (?, ?, ?, ?, ?, ?)",
                 [
                     (
-                        n,
+                        keys.get(n, n),
                         json.dumps(labels),
                         json.dumps(h.bounds),
                         json.dumps(h.buckets),
@@ -549,6 +589,71 @@ class Ledger:
             self._hold(state.stream_id, state.started_at)
         for state in changes.runs:
             self.fingerprints[state.stream_id] = state.fingerprint
+        overflow = dict(self.guard.overflow)
+        self.guard.overflow.clear()
+        return overflow
 
     def close(self) -> None:
         self._db.close()
+
+
+class LedgerReader:
+    """A read-only view of a ledger file that another process (the live exporter) may be
+    writing: what a history backfill needs to know of where counting began. It takes no
+    lock and writes nothing; a missing file reads as an empty ledger."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[sqlite3.Connection | None]:
+        if not self.path.is_file():
+            yield None
+            return
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        try:
+            yield db
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot read the state file {self.path}: {exc}") from None
+        finally:
+            db.close()
+
+    def baseline(self) -> float | None:
+        """The live exporter's baseline (unix time), if it has polled."""
+        with self._open() as db:
+            if db is None:
+                return None
+            found = db.execute("SELECT value FROM meta WHERE key = 'baseline'").fetchone()
+        return float(found[0]) if found else None
+
+    def baselined_runs(self) -> dict[str, dict[str, int] | None]:
+        """Runs taken for history, with what each held when first seen (None: a ledger
+        too old to say)."""
+        with self._open() as db:
+            if db is None:
+                return {}
+            columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+            if "uncounted" not in columns:
+                query = "SELECT stream_id, NULL FROM runs WHERE baselined = 1"
+            else:
+                query = "SELECT stream_id, uncounted FROM runs WHERE baselined = 1"
+            rows = db.execute(query).fetchall()
+        return {stream_id: None if raw is None else json.loads(raw) for stream_id, raw in rows}
+
+    def doubtful_runs(self) -> set[str]:
+        """Runs taken for history in doubt (``RunState.unconfirmed``)."""
+        with self._open() as db:
+            if db is None:
+                return set()
+            columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+            if "unconfirmed" not in columns:
+                return set()
+            query = "SELECT stream_id FROM runs WHERE unconfirmed IS NOT NULL"
+            return {row[0] for row in db.execute(query)}
+
+    def counted_in_full(self, stream_ids: list[str]) -> set[str]:
+        """Those of ``stream_ids`` that the live exporter counts in full."""
+        with self._open() as db:
+            if db is None:
+                return set()
+            return {row[0] for row in select_runs(db, "stream_id", stream_ids, "baselined = 0")}

@@ -33,7 +33,7 @@ from pydantic_settings import (
 )
 
 from exporter.durations import DURATION_FORM, DurationError, format_duration, parse_duration
-from exporter.errors import ExporterError
+from exporter.errors import ConfigError
 
 ENV_PREFIX = "NEO_EXPORTER_"
 CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
@@ -49,12 +49,6 @@ _DAY = 86400.0
 
 # Set while load_settings validates values it has already merged from every source.
 _MERGED: ContextVar[bool] = ContextVar("neo_exporter_settings_merged", default=False)
-
-
-class ConfigError(ExporterError):
-    """A setting is missing, unknown or invalid; the message says which and how to fix it."""
-
-    reason = "config"
 
 
 CommaList = Annotated[list[str], NoDecode]

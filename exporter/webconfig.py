@@ -13,7 +13,7 @@ from typing import Any
 import bcrypt
 import yaml
 
-from exporter.errors import ExporterError
+from exporter.errors import WebConfigError
 
 TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -30,12 +30,6 @@ CLIENT_AUTH = {
     "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
-
-
-class WebConfigError(ExporterError):
-    """The web config file is unreadable or says something we cannot do."""
-
-    reason = "web_config"
 
 
 @dataclass

@@ -68,11 +68,11 @@ class Recorder:
         """Wrap the rig's ledger (after ``rig.open()``) so its commits are recorded."""
         ledger = self.rig.ledger
         assert ledger is not None
-        commit: Callable[[PollChanges], None] = ledger.commit
+        commit: Callable[[PollChanges], dict[str, int]] = ledger.commit
 
-        def recording(changes: PollChanges) -> None:
+        def recording(changes: PollChanges) -> dict[str, int]:
             self.polls.append({"changes": _changes(changes)})
-            commit(changes)
+            return commit(changes)
 
         ledger.commit = recording  # type: ignore[method-assign]
 

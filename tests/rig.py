@@ -4,13 +4,13 @@ poller with its ledger; with the helpers that poll it and compare it with ground
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from exporter.client import NeoClient, RetryPolicy
 from exporter.ledger import Ledger
-from exporter.poller import Poller
+from exporter.poll import Poller, Timing
 from exporter.selfmetrics import SelfMetrics
 from exporter.simulator import DEMO_API_KEY, ManualClock, SimulatedApi, World
 from tests.conftest import BUCKETS
@@ -30,6 +30,7 @@ class Rig:
     state_path: Path
     pinned: tuple[str, ...] = ()
     defer_index: bool = False  # as the daemon: the poller loads the recent part only
+    timing: Timing = field(default_factory=lambda: Timing(lookback=DAY))
     poller: Poller | None = None
     ledger: Ledger | None = None
 
@@ -48,7 +49,7 @@ class Rig:
             client,
             self.ledger,
             SelfMetrics(process=False),
-            lookback=DAY,
+            timing=self.timing,
             pinned=self.pinned,
             clock=self.clock.now,
         )

@@ -27,7 +27,7 @@ from exporter.client import NeoClient, RetryPolicy
 from exporter.errors import ExporterError
 from exporter.ledger import Ledger, PollChanges
 from exporter.models import TaskUsage, read_usage
-from exporter.poller import Poller
+from exporter.poll import Poller, Timing
 from exporter.selfmetrics import SelfMetrics
 from exporter.settings import Settings
 from exporter.simulator import DEMO_API_KEY, ManualClock, SimulatedApi, World
@@ -128,7 +128,7 @@ def test_backfill_and_live_counters_add_up_to_the_ground_truth(tmp_path: Path) -
         )
         ledger = Ledger(state, buckets=BUCKETS, max_label_values=100)
         poller = Poller(
-            client, ledger, SelfMetrics(process=False), lookback=HOUR, pinned=pinned,
+            client, ledger, SelfMetrics(process=False), timing=Timing(lookback=HOUR), pinned=pinned,
             clock=clock.now,
         )  # fmt: skip
         try:

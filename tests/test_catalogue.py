@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from exporter import catalogue
 from exporter.catalogue import all_specs, markdown_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -26,3 +27,11 @@ def test_names_follow_conventions() -> None:
         assert "task_id" not in spec.labels or spec.group == "pinned", spec.name
         assert "email" not in spec.labels, spec.name
         assert spec.help.endswith("."), spec.name
+
+
+def test_every_stored_family_has_a_key_of_its_own() -> None:
+    """The ledger stores counters and histograms under MetricSpec.key: each has one,
+    and no two share it."""
+    keys = [spec.key for spec in (*catalogue.COUNTERS, *catalogue.HISTOGRAMS)]
+    assert all(keys)
+    assert len(set(keys)) == len(keys)

@@ -199,9 +199,16 @@ def test_429_beyond_the_budget_is_rate_limited(api: SimulatedApi) -> None:
 
 def test_timeout_is_retried_then_reported(api: SimulatedApi) -> None:
     api.faults.latency = 0.5
-    with client_for(api, timeout=0.1, retry=RetryPolicy(1, 0.0, 0.0)) as client:
+    seen: list[tuple[str, str]] = []
+    sleeps: list[float] = []
+    with client_for(
+        api, timeout=0.1, retry=RetryPolicy(2, 0.0, 0.0), sleep=sleeps.append,
+        on_request=lambda e, c: seen.append((e, c)),
+    ) as client:  # fmt: skip
         with pytest.raises(ApiTimeout):
             client.get_summary()
+    assert seen == [("/api/v1/usage/summary", "timeout")] * 3  # asked, then twice again
+    assert len(sleeps) == 2
 
 
 def test_connection_refused_is_a_transport_error() -> None:

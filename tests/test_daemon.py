@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,8 +21,8 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Exporter
-from exporter.errors import StateError
-from exporter.settings import ConfigError, Settings, load_settings
+from exporter.errors import ConfigError, StateError
+from exporter.settings import Settings, load_settings
 from exporter.simulator import DEMO_API_KEY, ScaledClock, SimulatedApi, World
 
 SECRET = "neo_sk_" + "s3cr3tVALUE" * 3
@@ -65,28 +66,21 @@ def test_secret_never_appears_in_anything_the_process_emits(
         [sys.executable, "-m", "exporter", "run"], env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    log = LogWatch(child)
     scraped = ""
     try:
-        deadline = time.monotonic() + 30
-        url = None
-        while url is None and time.monotonic() < deadline:
-            time.sleep(0.3)
-            for line in Path(f"/proc/{child.pid}/net/tcp").read_text().splitlines()[1:]:
-                parts = line.split()
-                if parts[3] == "0A" and parts[1].startswith("0100007F:"):
-                    port = int(parts[1].split(":")[1], 16)
-                    if port not in _ports_of_other_listeners(api):
-                        url = f"http://127.0.0.1:{port}"
-        assert url, "the exporter did not start listening"
-        time.sleep(2.5)  # a few polls, with debug logging of every request
+        started = log.wait_for(r"exporter_started.*url=(http://127\.0\.0\.1:\d+)")
+        url = started.group(1)  # the port the daemon reports, never a guess
+        log.wait_for(r"poll_finished", count=2)  # polls, with debug logging of every request
         api.faults.burst(50, status=401)  # now the key is rejected: errors and tracebacks
-        time.sleep(2.5)
+        log.wait_for(r"credentials_rejected", count=2)
         for path in ("/metrics", "/", "/healthz", "/readyz"):
             scraped += httpx.get(url + path).text
     finally:
         child.send_signal(signal.SIGTERM)
-        out, err = child.communicate(timeout=30)
-    emitted = "\n".join((checked.stdout, checked.stderr, out, err, scraped))
+        child.wait(timeout=30)
+        log.close()
+    emitted = "\n".join((checked.stdout, checked.stderr, log.text(), scraped))
     assert "poll_finished" in emitted
     assert "credentials" in emitted
     assert SECRET not in emitted
@@ -94,8 +88,50 @@ def test_secret_never_appears_in_anything_the_process_emits(
     assert child.returncode == 0
 
 
-def _ports_of_other_listeners(api: SimulatedApi) -> set[int]:
-    return {int(api.url.rsplit(":", 1)[1])}
+class LogWatch:
+    """Reads a child's stdout and stderr as they come, so that a test waits for what the
+    daemon says (a line, a number of lines) instead of sleeping."""
+
+    def __init__(self, child: subprocess.Popen[str]) -> None:
+        self._lines: list[str] = []
+        self._changed = threading.Condition()
+        self._pumps = [
+            threading.Thread(target=self._pump, args=(stream,), daemon=True)
+            for stream in (child.stdout, child.stderr)
+        ]
+        for pump in self._pumps:
+            pump.start()
+
+    def _pump(self, stream: Any) -> None:
+        for line in stream:
+            with self._changed:
+                self._lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._lines.append("")  # end of a stream: wake the waiters to see it
+            self._changed.notify_all()
+
+    def text(self) -> str:
+        with self._changed:
+            return "".join(self._lines)
+
+    def wait_for(self, pattern: str, count: int = 1) -> re.Match[str]:
+        """The ``count``-th match of ``pattern`` in what the child said; fails if the
+        child ends (or a minute passes, a bound for a hung child) without it."""
+        found: list[re.Match[str]] = []
+
+        def enough() -> bool:
+            found[:] = list(re.finditer(pattern, "".join(self._lines)))
+            return len(found) >= count or self._lines.count("") == len(self._pumps)
+
+        with self._changed:
+            self._changed.wait_for(enough, timeout=60)
+        assert len(found) >= count, f"the daemon never said {pattern!r} {count} times"
+        return found[count - 1]
+
+    def close(self) -> None:
+        for pump in self._pumps:
+            pump.join(timeout=30)
 
 
 def test_concurrent_scrapes_while_polling_stay_correct(api: SimulatedApi, tmp_path: Path) -> None:
@@ -109,6 +145,7 @@ def test_concurrent_scrapes_while_polling_stay_correct(api: SimulatedApi, tmp_pa
     failures: list[str] = []
     seen: dict[int, list[float]] = {}
     stop = threading.Event()
+    progress = threading.Condition()  # notified on every scrape and every commit
 
     def scrape(worker: int) -> None:
         with httpx.Client(timeout=10) as client:
@@ -121,8 +158,18 @@ def test_concurrent_scrapes_while_polling_stay_correct(api: SimulatedApi, tmp_pa
                 for family in text_string_to_metric_families(response.text):
                     if family.name == "neo_steps":
                         total = sum(s.value for s in family.samples)
-                seen.setdefault(worker, []).append(total)
+                with progress:
+                    seen.setdefault(worker, []).append(total)
+                    progress.notify_all()
 
+    refresh = exporter.poller.on_commit
+
+    def committed() -> None:
+        refresh()
+        with progress:
+            progress.notify_all()
+
+    exporter.poller.on_commit = committed
     workers = [threading.Thread(target=scrape, args=(n,)) for n in range(6)]
     host, port = exporter.url.removeprefix("http://").rsplit(":", 1)
     hung: list[socket.socket] = []
@@ -134,11 +181,15 @@ def test_concurrent_scrapes_while_polling_stay_correct(api: SimulatedApi, tmp_pa
             worker.start()
         polls_before = exporter.poller.polls_done
         # Liveness, not speed: polls keep committing while scrapes hammer the server
-        # and five clients hold connections open.
-        deadline = time.monotonic() + 60
-        while exporter.poller.polls_done < polls_before + 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(1)  # a few more scrapes after the last poll
+        # and five clients hold connections open (a minute bounds a hung poller).
+        with progress:
+            progress.wait_for(lambda: exporter.poller.polls_done >= polls_before + 2, timeout=60)
+            scraped = {w: len(t) for w, t in seen.items()}
+            # A few more scrapes by every worker after the last poll.
+            progress.wait_for(
+                lambda: all(len(seen.get(n, ())) > scraped.get(n, 0) + 5 for n in range(6)),
+                timeout=60,
+            )
         stop.set()
         for worker in workers:
             worker.join(timeout=30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from exporter import catalogue
 from exporter.accounting import FirstSight, Observation, apply
 from exporter.errors import StateError
 from exporter.ledger import (
@@ -352,3 +354,55 @@ def test_evicted_runs_and_tasks_are_read_from_the_file(ledger: Ledger, state_pat
 def test_ranges_are_stored_as_their_json(ranges: list[list[int]]) -> None:
     """The shortcut for a run's usual single range writes what the JSON encoder would."""
     assert _ranges_json(ranges) == _to_json(ranges)
+
+
+def test_a_renamed_family_keeps_its_totals(
+    ledger: Ledger, state_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counters and histograms are stored under their catalogue key, not their
+    exposition name: renaming a family in the catalogue keeps what it counted."""
+    ledger.commit(changes_for(ledger, usage_row()))
+    credits = ledger.counters[("neo_credits_total", ("sonnet-4.6", "completed"))]
+    runs = ledger.histograms[("neo_task_run_credits", ("sonnet-4.6", "completed"))]
+    ledger.close()
+    renamed = {
+        catalogue.CREDITS.name: "neo_credits_spent_total",
+        catalogue.RUN_CREDITS.name: "neo_run_credits",
+    }
+    for family in ("COUNTERS", "HISTOGRAMS"):
+        specs = tuple(
+            dataclasses.replace(s, name=renamed.get(s.name, s.name))
+            for s in getattr(catalogue, family)
+        )
+        monkeypatch.setattr(catalogue, family, specs)
+    buckets = {**BUCKETS, "neo_run_credits": BUCKETS["neo_task_run_credits"]}
+    reopened = Ledger(state_path, buckets=buckets, max_label_values=50)
+    assert reopened.counters[("neo_credits_spent_total", ("sonnet-4.6", "completed"))] == credits
+    hist = reopened.histograms[("neo_run_credits", ("sonnet-4.6", "completed"))]
+    assert (hist.count, hist.sum) == (runs.count, runs.sum)
+    assert not any(name == "neo_credits_total" for name, _ in reopened.counters)
+    reopened.close()
+
+
+def test_a_version_3_ledger_keyed_by_exposition_name_is_migrated(
+    ledger: Ledger, state_path: Path
+) -> None:
+    """Version 3 stored totals under their exposition names: migrated to the keys in
+    place, the totals read as before."""
+    ledger.commit(changes_for(ledger, usage_row()))
+    counters, histograms = dict(ledger.counters), dict(ledger.histograms)
+    ledger.close()
+    db = sqlite3.connect(state_path)
+    for spec in (*catalogue.COUNTERS, *catalogue.HISTOGRAMS):
+        for table in ("counters", "histograms"):
+            db.execute(f"UPDATE {table} SET name = ? WHERE name = ?", (spec.name, spec.key))
+    db.commit()
+    db.close()
+    migrated = as_written_by_version(state_path, "3")
+    assert migrated.counters == counters
+    assert {k: (h.count, h.sum) for k, h in migrated.histograms.items()} == {
+        k: (h.count, h.sum) for k, h in histograms.items()
+    }
+    stored = {row[0] for row in migrated.query("SELECT name FROM counters")}
+    assert stored <= {spec.key for spec in catalogue.COUNTERS}
+    migrated.close()

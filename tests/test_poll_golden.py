@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ SCENARIOS = {
 def _start(rig: Rig, recorder: golden.Recorder, scenario: Scenario) -> None:
     poller = rig.open()
     if scenario.lookback is not None:
-        poller.lookback = scenario.lookback
+        poller.timing = replace(poller.timing, lookback=scenario.lookback)
     recorder.attach()
 
 

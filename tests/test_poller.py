@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
-from exporter import poller as poller_module
 from exporter.account import AccountReader
 from exporter.errors import ExporterError
-from exporter.poller import ACCOUNT_INTERVAL, FULL_LIST_INTERVAL
+from exporter.poll import Timing
 from exporter.simulator import StreamTruth
 from tests.rig import DAY, START, Rig, assert_exact, make_rig, poll, run_polls
 from tests.truth import Truth, counted
@@ -24,14 +24,15 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     yield from make_rig(tmp_path)
 
 
-@pytest.mark.parametrize("full_list_interval", [0.0, FULL_LIST_INTERVAL])
+@pytest.mark.parametrize("full_list_interval", [0.0, Timing(DAY).full_list_interval])
 def test_many_polls_count_every_run_once(tmp_path: Path, full_list_interval: float) -> None:
     """Growth, late-finishing runs, settles and continuations over six hours, polled every
     10 minutes, exact after every poll: whether each poll lists the whole window or, as
     by default, only recent starts between hourly full listings."""
     for rig in make_rig(tmp_path):
         truth = Truth(rig.world)
-        rig.open().full_list_interval = full_list_interval
+        poller = rig.open()
+        poller.timing = replace(poller.timing, full_list_interval=full_list_interval)
         poll(rig, truth)
         first = counted(rig.ledger)  # type: ignore[arg-type]
         assert first["runs"] > 500  # the first poll counts the whole window
@@ -146,7 +147,7 @@ def test_runs_that_finish_or_settle_after_leaving_a_short_window_count(tmp_path:
     for rig in make_rig(tmp_path):
         truth = Truth(rig.world)
         poller = rig.open()
-        poller.lookback = 900
+        poller.timing = replace(poller.timing, lookback=900)
         poll(rig, truth)
         run_polls(rig, truth, 40, 120)
         assert rig.ledger is not None
@@ -163,17 +164,16 @@ def test_runs_that_finish_or_settle_after_leaving_a_short_window_count(tmp_path:
 
 
 def test_between_full_listings_settles_after_the_recent_window_count_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """With a recent window of 20 minutes and no full listing for six hours, runs settle
     (up to 25 minutes after they end, in the simulator) after their start left what the
     polls list: their tasks are read by ID until SETTLE_GRACE after they ended, so totals
     stay exact after every poll."""
-    monkeypatch.setattr(poller_module, "RECENT_WINDOW", 1200.0)
     for rig in make_rig(tmp_path):
         truth = Truth(rig.world)
         poller = rig.open()
-        poller.full_list_interval = 6 * 3600
+        poller.timing = replace(poller.timing, full_list_interval=6 * 3600, recent_window=1200.0)
         poll(rig, truth)
         followed = 0
         for _ in range(60):
@@ -196,7 +196,7 @@ def test_the_balance_is_read_at_most_every_account_interval(rig: Rig) -> None:
     poller.poll_once()
     summary = [n for (path, _), n in rig.api.requests.items() if path == "/api/v1/usage/summary"]
     assert summary == [1]
-    rig.clock.advance(ACCOUNT_INTERVAL)
+    rig.clock.advance(Timing(DAY).account_interval)
     poller.poll_once()
     summary = [n for (path, _), n in rig.api.requests.items() if path == "/api/v1/usage/summary"]
     assert summary == [2]
@@ -208,7 +208,7 @@ def test_partial_listings_count_every_run_once_by_the_next_full_one(tmp_path: Pa
     for rig in make_rig(tmp_path):
         truth = Truth(rig.world)
         poller = rig.open()
-        poller.full_list_interval = 3600
+        poller.timing = replace(poller.timing, full_list_interval=3600)
         first = poller.poll_once()
         truth.after_poll(rig.ledger)  # type: ignore[arg-type]
         assert first.full_listing
@@ -264,13 +264,14 @@ def test_memory_follows_the_window_and_evicted_runs_never_count_twice(tmp_path: 
         old = [s for s in rig.world.visible_streams() if s.started_at < START - timedelta(days=2)]
         rig.pinned = (old[0].task_id,)  # an old task, read by ID every poll
         truth = Truth(rig.world)
-        rig.open().lookback = 3600
+        rig.timing = Timing(lookback=3600)
+        rig.open()
         poll(rig, truth)
         continued: set[str] = set()
         for hour in range(12):
             if hour in (5, 9):  # a restart: the ledger loads only what is recent
                 rig.close()
-                rig.open().lookback = 3600
+                rig.open()
             assert rig.ledger is not None
             in_memory = rig.ledger.fingerprints
             evicted = sorted(

@@ -17,10 +17,11 @@ import pytest
 import structlog.testing
 from prometheus_client import CollectorRegistry
 
+from exporter.errors import WebConfigError
 from exporter.exposition import Exposition
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import Health, make_server
-from exporter.webconfig import WebConfig, WebConfigError, load_web_config
+from exporter.webconfig import WebConfig, load_web_config
 
 
 def serve(health: Health, web: WebConfig | None = None) -> Iterator[str]:

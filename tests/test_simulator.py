@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -27,6 +25,7 @@ from exporter.simulator import (
     World,
     serve,
 )
+from exporter.simulator import server as simulator_server
 
 START = datetime(2026, 11, 20, 9, tzinfo=UTC)
 FIXTURE = Path(__file__).parent / "fixtures" / "neo-openapi-seeds.yaml"
@@ -119,9 +118,12 @@ def test_manual_clock_moves_only_when_told() -> None:
 
 
 def test_scaled_clock_runs_faster_than_real_time() -> None:
-    clock = ScaledClock(START, speed=1000)
-    time.sleep(0.05)
-    assert clock() - START >= timedelta(seconds=50)
+    real = [100.0]
+    clock = ScaledClock(START, speed=1000, ticks=lambda: real[0])
+    assert clock() == START
+    real[0] += 0.05
+    assert clock() - START == timedelta(seconds=50)
+    assert ScaledClock(START, speed=2).speed == 2  # the default follows time.monotonic
 
 
 def test_same_seed_gives_the_same_world_however_it_is_observed() -> None:
@@ -469,11 +471,14 @@ def test_error_rate_burst_and_rate_limit(api: SimulatedApi, http: httpx.Client) 
     assert api.requests[(STREAMS, 429)] == 2
 
 
-def test_latency_slows_answers(api: SimulatedApi, http: httpx.Client) -> None:
+def test_latency_slows_answers(
+    api: SimulatedApi, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(simulator_server.time, "sleep", slept.append)
     api.faults.latency = 0.2
-    started = time.monotonic()
     assert http.get(STREAMS).status_code == 200
-    assert time.monotonic() - started >= 0.2
+    assert slept == [0.2]  # each answer waits that long before it is given
 
 
 def test_truncated_and_garbage_bodies(api: SimulatedApi, http: httpx.Client) -> None:
@@ -525,39 +530,36 @@ def test_faults_are_off_by_default_and_seeded() -> None:
 # -- scale and serve --------------------------------------------------------------------------
 
 
-def test_busy_account_generates_and_pages_quickly() -> None:
-    started = time.monotonic()
+def test_busy_account_generates_and_pages() -> None:
+    """A busy account (50,000 tasks a day) serves whole pages; how fast is measured by
+    the benchmarks (bench/), which run the simulator at 100,000 tasks."""
     world = World(seed=1, clock=ManualClock(START), tasks_per_day=50_000)
-    assert time.monotonic() - started < 8
     assert len(world.task_ids()) > 140_000
     with SimulatedApi(world) as api, client_for(api) as http:
-        http.get(STREAMS, params={"limit": 200})
-        started = time.monotonic()
         page = http.get(STREAMS, params={"limit": 200}).json()
-        assert time.monotonic() - started < 0.1
     assert len(page["data"]) == 200
     assert page["total"] > 150_000
 
 
 def test_serve_runs_until_stopped() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     stop = threading.Event()
+    urls: list[str] = []
+    listening = threading.Event()
+
+    def told(url: str) -> None:
+        urls.append(url)
+        listening.set()
+
     kwargs: dict[str, Any] = {
         "seed": 2, "speed": 60.0, "tasks_per_day": 500.0, "api_key": "neo_sk_" + "x" * 32,
-        "token": None, "live_rows": False, "stop": stop,
+        "token": None, "live_rows": False, "stop": stop, "on_listening": told,
     }  # fmt: skip
-    runner = threading.Thread(target=serve, args=(f"127.0.0.1:{port}",), kwargs=kwargs)
+    runner = threading.Thread(target=serve, args=("127.0.0.1:0",), kwargs=kwargs)
     runner.start()
     try:
-        url = f"http://127.0.0.1:{port}{STREAMS}"
-        for _ in range(100):
-            try:
-                response = httpx.get(url, headers={"X-Api-Key": "neo_sk_" + "x" * 32})
-                break
-            except httpx.ConnectError:
-                time.sleep(0.05)
+        assert listening.wait(timeout=60), "the simulator never said it was listening"
+        url = f"{urls[0]}{STREAMS}"  # the port it picked, never a guess
+        response = httpx.get(url, headers={"X-Api-Key": "neo_sk_" + "x" * 32})
         assert response.status_code == 200
         assert response.json()["total"] > 1000
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -48,15 +49,19 @@ class ManualClock:
 class ScaledClock:
     """Simulated time that runs ``speed`` times faster than real time from ``start``."""
 
-    def __init__(self, start: datetime, speed: float) -> None:
+    def __init__(
+        self, start: datetime, speed: float, ticks: Callable[[], float] = time.monotonic
+    ) -> None:
+        """``ticks``: the real time it follows (seconds, any origin)."""
         if speed <= 0:
             raise ValueError("speed must be positive")
         self.start = _aware(start)
         self.speed = speed
-        self._origin = time.monotonic()
+        self._ticks = ticks
+        self._origin = ticks()
 
     def now(self) -> datetime:
-        elapsed = (time.monotonic() - self._origin) * self.speed
+        elapsed = (self._ticks() - self._origin) * self.speed
         return self.start + timedelta(seconds=elapsed)
 
     def __call__(self) -> datetime:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import structlog
@@ -33,8 +34,10 @@ def serve(
     token: str | None,
     live_rows: bool,
     stop: threading.Event,
+    on_listening: Callable[[str], object] = lambda url: None,
 ) -> None:
-    """Serve a world that runs ``speed`` times faster than real time until ``stop`` is set."""
+    """Serve a world that runs ``speed`` times faster than real time until ``stop`` is set;
+    ``on_listening`` is told the URL once it serves (port 0 picks a free one)."""
     host, port = split_listen(listen)
     world = World(
         seed=seed,
@@ -53,5 +56,6 @@ def serve(
             live_rows=live_rows,
             tasks=len(world.tasks),
         )
+        on_listening(api.url)
         stop.wait()
     log.info("simulator_stopped", url=api.url)

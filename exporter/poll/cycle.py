@@ -1,0 +1,417 @@
+"""One poll cycle: the working set of one poll, and its phases in order."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+import structlog
+
+from exporter.accounting import (
+    NON_TERMINAL,
+    Deltas,
+    Observation,
+    RunState,
+    apply,
+    confirm_start,
+    hold_in_doubt,
+)
+from exporter.client import Listing
+from exporter.errors import ApiError, NotFound
+from exporter.ledger import Ledger, PollChanges, TaskRecord
+from exporter.models import TaskDetails, TaskInfo
+from exporter.poll.fetch import Fetcher
+from exporter.poll.policy import (
+    LIVE_TASK_STATUSES,
+    Awaited,
+    Confirmed,
+    Doubt,
+    Ended,
+    Marks,
+    await_doubtful,
+    awaited_runs,
+    ended_streams,
+    listing_window,
+    marks_written,
+    record_from_info,
+    record_from_row,
+    settled_record,
+    settling_tasks,
+    sort_waiting,
+    tasks_to_read,
+)
+from exporter.poll.report import PollReport
+from exporter.poll.timing import Timing
+from exporter.snapshots import PinnedFigures
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Fold:
+    """What folding a poll's rows into their runs produced."""
+
+    runs: list[RunState] = field(default_factory=list)
+    deltas: Deltas = field(default_factory=Deltas)
+    tasks: dict[str, TaskRecord] = field(default_factory=dict)
+    ended: list[Ended] = field(default_factory=list)  # runs seen finished for the first time
+    doubts: list[Doubt] = field(default_factory=list)  # runs taken for history in doubt
+    confirmed: list[Confirmed] = field(default_factory=list)  # and no longer in doubt
+
+
+class PollCycle:
+    """One poll. It owns what the poll finds: the rows read (by run), the task details
+    read, the tasks found gone (404: deleted, or no longer visible) and those whose
+    details did not answer but may (``unanswered``). ``run`` reads top to bottom; each
+    phase returns what it decided, and the rules it follows are in ``policy``.
+    """
+
+    def __init__(
+        self,
+        fetch: Fetcher,
+        ledger: Ledger,
+        timing: Timing,
+        now: datetime,
+        *,
+        pinned: Collection[str] = (),
+        task_list_offered: bool = True,
+    ) -> None:
+        self.fetch = fetch
+        self.ledger = ledger
+        self.metrics = fetch.metrics
+        self.timing = timing
+        self.pinned = pinned
+        self.stamp = now.timestamp()
+        self.marks = Marks.from_meta(ledger.meta)
+        self.baseline = 0.0  # set by run(), from the marks
+        self.task_list_offered = task_list_offered  # False once the task list refused
+        self.report = PollReport()
+        self.rows: dict[str, Observation] = {}
+        self.details: dict[str, TaskDetails] = {}
+        self.gone: set[str] = set()
+        self.unanswered: set[str] = set()
+
+    def run(self) -> PollChanges:
+        """The poll's data path; returns what to commit."""
+        window = listing_window(self.stamp, self.marks, self.timing)
+        self.baseline, self.report.full_listing = window.baseline, window.full
+        self.take(self.fetch.window(window.since))
+        meta = marks_written(self.stamp, window, self.marks)
+        meta.update(self.read_pinned())
+        listed = self.follow_live_tasks()
+        self.ask_old_starts()
+        awaited, done = self.read_awaited()
+        self.ask_old_starts()  # and those of the rows just read by ID, no task twice
+        fold = self.fold(listed)
+        ended = {t: ended_streams(info, self.baseline) for t, info in self.details.items()}
+        awaited, done = await_doubtful(
+            awaited, done, fold.doubts, fold.confirmed, ended, stamp=self.stamp
+        )
+        tasks, runs = self.settle(awaited, done, fold)
+        return PollChanges(runs=runs, deltas=fold.deltas, tasks=tasks, meta=meta)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def take(self, listing: Listing[Observation]) -> None:
+        """A listing's rows into the poll's rows; its problems into the report."""
+        report = self.report
+        report.pages += listing.pages
+        report.unchanged += len(listing.unchanged)
+        for bad in listing.invalid:
+            self.metrics.errors.labels("invalid_row").inc()
+            report.invalid_rows += 1
+            report.warnings.append(f"{bad.task_id}: {bad.reason}")
+        for defect in listing.defects:
+            self.metrics.errors.labels("invalid_field").inc()
+            report.invalid_fields += 1
+            log.warning(
+                "field_skipped", task_id=defect.task_id, stream_id=defect.stream_id,
+                field=defect.field, reason=defect.reason,
+            )  # fmt: skip
+        for kind in listing.inconsistent:
+            self.metrics.errors.labels("paging_inconsistent").inc()
+            report.warnings.append(f"paging: {kind}")
+        rows = self.rows
+        for row in listing.rows:
+            held = rows.get(row.stream_id)
+            # Seen twice (two endpoints, shifting pages): keep the copy that says more.
+            if held is None or _volume(row) >= _volume(held):
+                rows[row.stream_id] = row
+
+    def read_pinned(self) -> dict[str, str]:
+        """Pinned tasks are read by ID every poll, whatever their age; the runs of those
+        whose figures changed are read too. Returns their figures, as meta."""
+        if not self.pinned:
+            return {}
+        usages = self.fetch.usage(self.pinned)
+        self.report.task_requests += len(usages)
+        meta: dict[str, str] = {}
+        changed = []
+        for task_id, usage in usages.items():
+            if isinstance(usage, ApiError):
+                self.fetch.failed(task_id, usage, self.report)
+                continue
+            key = PinnedFigures.key(task_id)
+            before = PinnedFigures.read(self.ledger.meta.get(key))
+            text = PinnedFigures.from_usage(usage, before).dump()
+            if self.ledger.meta.get(key) != text:
+                meta[key] = text
+                changed.append(task_id)
+        for task_id, listing in self.fetch.task_runs(changed).items():
+            self.report.task_requests += 1
+            if isinstance(listing, ApiError):
+                self.fetch.failed(task_id, listing, self.report)
+            else:
+                self.take(listing)
+        return meta
+
+    def follow_live_tasks(self) -> dict[str, TaskInfo]:
+        """Tasks still running are followed, so that their runs are known when they end.
+
+        The caller's own live tasks come from the task list, two requests whatever their
+        number. A task that was live and is no longer listed has just ended: its details
+        name its runs, which are then awaited until counted. Tasks the list cannot show
+        (teammates', revealed by running rows) are read by ID on every poll. Returns the
+        listed tasks whose details were not read.
+        """
+        live = {task_id for task_id, record in self.ledger.flagged_tasks() if record.active}
+        # Running rows reveal teammates' tasks too, which the task list never shows.
+        live |= {row.task_id for row in self.rows.values() if row.status in NON_TERMINAL}
+        listed: dict[str, TaskInfo] = {}
+        complete = self.task_list_offered
+        if complete:
+            listed, answered, error = self.fetch.live_tasks(sorted(LIVE_TASK_STATUSES))
+            self.report.task_requests += answered
+            if error is not None:
+                self.task_list_offered = not error.lasting  # not offered: usage only
+                complete = False
+        if not complete:  # without both lists, every live task is read by ID
+            live |= set(listed)
+            listed = {}
+        self.read_details(live - listed.keys(), why="live")
+        return {t: info for t, info in listed.items() if t not in self.details}
+
+    def ask_old_starts(self) -> None:
+        """A new run whose row looks older than the baseline may carry its task's date (or
+        a broken one): its task's details, which tell the run's own start, are asked
+        before it is taken for history; and asked again for a run taken for history in
+        doubt. Tasks that did not answer are not asked twice in a poll."""
+        older = {
+            key: row.task_id for key, row in self.rows.items() if row.started_at < self.baseline
+        }
+        if not older:
+            return
+        settled = self.ledger.settled_runs(older)
+        doubtful = {task_id for key, task_id in older.items() if key not in settled}
+        self.read_details(doubtful - self.details.keys() - self.unanswered, why="start")
+
+    def read_details(self, task_ids: Iterable[str], *, why: Literal["live", "start"]) -> None:
+        """Task details. Failures are counted and logged. A live task's details that
+        answer 404 mean the task is gone: it is followed no more. Details asked for a
+        run's start that may answer later (not ``lasting``) are asked again next poll;
+        a 404 there only means the start cannot be told: the row is taken at its word."""
+        fetched = self.fetch.details(sorted(task_ids))
+        self.report.task_requests += len(fetched)
+        for task_id, result in fetched.items():
+            if not isinstance(result, ApiError):
+                self.details[task_id] = result
+                continue
+            self.fetch.failed(task_id, result, self.report)
+            if why == "live" and isinstance(result, NotFound):
+                self.gone.add(task_id)
+            if why == "start" and not result.lasting:
+                self.unanswered.add(task_id)
+
+    def read_awaited(self) -> tuple[dict[str, Awaited], frozenset[str]]:
+        """Runs that task details call finished must reach the ledger finished, however
+        late their usage row appears and however long ago they started: until they do,
+        their task's runs are read by ID (and those of settling tasks). Returns what each
+        task awaits, and the awaited runs already finished (in the ledger, or by a row of
+        this poll)."""
+        flagged = self.ledger.flagged_tasks()
+        awaited = awaited_runs(flagged, self.details, self.baseline, self.stamp)
+        wanted = {stream for held in awaited.values() for stream in held.runs}
+        # A run taken for history in doubt is not done until its task tells its start:
+        # its task is read by ID meanwhile, so that its row is at hand when it does.
+        done = {
+            s
+            for s, state in self.ledger.load_runs(wanted).items()
+            if state.finished and state.unconfirmed is None
+        }
+        done |= {s for s in wanted & self.rows.keys() if self.rows[s].status not in NON_TERMINAL}
+        following = [task_id for task_id, r in flagged if r.follow_until > self.stamp]
+        wanted_tasks = tasks_to_read(awaited, frozenset(done), following, frozenset(self.gone))
+        for task_id, listing in self.fetch.task_runs(wanted_tasks).items():
+            self.report.task_requests += 1
+            if isinstance(listing, ApiError):
+                self.fetch.failed(task_id, listing, self.report)
+                if isinstance(listing, NotFound):
+                    self.gone.add(task_id)
+            else:
+                self.take(listing)
+        return awaited, frozenset(done)
+
+    # -- counting -----------------------------------------------------------------------
+
+    def fold(self, listed: dict[str, TaskInfo]) -> Fold:
+        """Apply every row to its run, and make the task records of the poll.
+
+        A new run whose row says it started before the baseline, while its task's details
+        (which alone tell its own start) did not answer, is taken for history, as its row
+        says, but in doubt (``RunState.unconfirmed``): its task is asked again at every
+        poll, and when it answers that the run started after the baseline, the run is
+        counted in full from then on (``accounting.count_in_full``).
+        """
+        report, baseline, stamp, unanswered = (
+            self.report,
+            self.baseline,
+            self.stamp,
+            self.unanswered,
+        )
+        rows = self.rows
+        starts = {
+            stream.stream_id: stream.created_at.timestamp()
+            for info in self.details.values()
+            for stream in info.streams or ()
+        }
+        states = self.ledger.load_runs(rows)
+        report.runs_updated += len(states)
+        report.runs_new += len(rows) - len(states)
+        fold = Fold()
+        deltas, guard, known, tasks = fold.deltas, self.ledger.guard, self.ledger.task, fold.tasks
+        for key, obs in rows.items():  # every row of the poll: kept lean
+            listed_at = obs.started_at  # the row's own date, by which listings find it
+            started = starts.get(key, listed_at)
+            if started != listed_at:
+                obs = dataclasses.replace(obs, started_at=started)  # noqa: PLW2901
+            old = states.get(key)
+            was_finished = old is not None and old.finished  # apply updates old in place
+            confirming = (
+                old is not None and old.unconfirmed is not None and obs.task_id not in unanswered
+            )
+            if confirming and confirm_start(old, started, baseline):  # type: ignore[arg-type]
+                report.runs_confirmed += 1
+                log.info("run_counted_in_full", task_id=obs.task_id, stream_id=key)
+            state = apply(old, obs, baselined=started < baseline, guard=guard, deltas=deltas)
+            if confirming:
+                fold.confirmed.append(
+                    Confirmed(state.task_id, key, state.finished, state.baselined)
+                )
+            if state.baselined and (
+                state.unconfirmed is not None
+                or (old is None and key not in starts and obs.task_id in unanswered)
+            ):
+                self._doubt(state, first=old is None)
+                fold.doubts.append(Doubt(state.task_id, key, old is None))
+            fold.runs.append(state)
+            if state.finished and not was_finished:
+                ended = Ended(state.task_id, state.started_at, state.exec_ms, listed_at)
+                fold.ended.append(ended)
+            task_id = obs.task_id
+            record = record_from_row(
+                tasks.get(task_id) or known(task_id), obs.model, obs.status, started
+            )
+            if record is not None:
+                tasks[task_id] = record
+        infos = [*listed.items(), *((t, d.task) for t, d in self.details.items())]
+        for task_id, task in infos:
+            tasks[task_id] = record_from_info(tasks.get(task_id) or known(task_id), task, stamp)
+        report.rows = len(rows)
+        return fold
+
+    def _doubt(self, state: RunState, *, first: bool) -> None:
+        hold_in_doubt(state, first, self.stamp)
+        if first:
+            self.report.unconfirmed_rows += 1
+            log.warning(
+                "row_start_unconfirmed", task_id=state.task_id, stream_id=state.stream_id,
+                reason="its row dates it before the baseline and its task's details did not "
+                "answer: counted as history until they do",
+            )  # fmt: skip
+
+    # -- what each task awaits next -----------------------------------------------------
+
+    def settle(
+        self, awaited: dict[str, Awaited], done: frozenset[str], fold: Fold
+    ) -> tuple[dict[str, TaskRecord], list[RunState]]:
+        """Record what each task still awaits, and how long it is followed; give up on a
+        run awaited for longer than ``Timing.give_up_after``. Returns the task records
+        and the runs to write."""
+        stamp = self.stamp
+        tasks, runs = dict(fold.tasks), list(fold.runs)
+        # A finished run stays finished: what was done before the fold still is.
+        # (A run taken for history in doubt waits for its task to tell its start.)
+        finished = done | {s.stream_id for s in fold.runs if s.finished and s.unconfirmed is None}
+        settling = settling_tasks(fold.ended, stamp, self.timing)
+        # Tasks whose following has lapsed are rewritten too, which unflags them.
+        following = {task_id for task_id, r in self.ledger.flagged_tasks() if r.follow_until}
+        folded: dict[str, RunState] | None = None  # this poll's runs by ID, if needed
+        for task_id in set(awaited) | self.gone | following | settling:
+            held = awaited.get(task_id, Awaited(frozenset(), 0.0))
+            left = tuple(sorted(held.runs - finished)) if task_id not in self.gone else ()
+            if left and stamp - held.since > self.timing.give_up_after:
+                if folded is None:
+                    folded = {state.stream_id: state for state in fold.runs}
+                left, stored = self.give_up(task_id, left, held.since, folded)
+                runs.extend(stored)
+            prior = self.ledger.task(task_id)
+            record = tasks.get(task_id) or prior
+            if record is None:
+                continue
+            follow = stamp + self.timing.settle_grace if task_id in settling else None
+            tasks[task_id] = settled_record(
+                record, prior, Awaited(frozenset(left), held.since),
+                gone=task_id in self.gone, follow_until=follow, stamp=stamp,
+            )  # fmt: skip
+        return tasks, runs
+
+    def give_up(
+        self, task_id: str, left: tuple[str, ...], since: float, folded: dict[str, RunState]
+    ) -> tuple[tuple[str, ...], list[RunState]]:
+        """Stop awaiting runs that a task has awaited for too long. Those in doubt are
+        taken for history for good once they have been in doubt that long themselves
+        (they may have joined the task's awaited runs later). Returns the runs still
+        awaited, and the stored runs so changed (to write)."""
+        stamp, limit = self.stamp, self.timing.give_up_after
+        waited = stamp - since
+        states = {s: folded[s] for s in left if s in folded}  # this poll's
+        stored = self.ledger.load_runs(s for s in left if s not in states)
+        states.update(stored)
+        doubted_at = {
+            s: None if state.unconfirmed is None else state.unconfirmed.at
+            for s, state in states.items()
+        }
+        waiting = sort_waiting(left, doubted_at, stamp, limit)
+        if waiting.missing:
+            self.metrics.errors.labels("usage_missing").inc(len(waiting.missing))
+            log.warning(
+                "run_usage_missing", task_id=task_id, stream_ids=waiting.missing,
+                awaited_seconds=round(waited),
+            )  # fmt: skip
+        if waiting.unsure:
+            # History for good, counted from its first sight on: a history backfill adds
+            # what it held then (see exporter.backfill), whenever it started.
+            log.warning(
+                "run_start_unconfirmed", task_id=task_id, stream_ids=waiting.unsure,
+                awaited_seconds=round(waited),
+            )  # fmt: skip
+        changed = []
+        for stream_id in waiting.unsure:
+            states[stream_id].unconfirmed = None
+            if stream_id in stored:  # not folded in this poll: written all the same
+                changed.append(stored[stream_id])
+        return waiting.recent, changed
+
+
+def _volume(row: Observation) -> tuple[int, int, int, int, int]:
+    values = row.values
+    return (
+        values.get("credits", 0),
+        values.get("steps", 0),
+        values.get("tool_calls", 0),
+        len(row.tools),
+        values.get("exec_ms", 0),
+    )

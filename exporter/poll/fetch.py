@@ -1,0 +1,109 @@
+"""Fetching for a poll: every API read a poll makes, and every failure met, in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import structlog
+
+from exporter.accounting import Observation, row_fingerprint
+from exporter.client import Listing, NeoClient
+from exporter.errors import ApiError, NotFound
+from exporter.models import TaskDetails, TaskInfo, TaskUsage
+from exporter.poll.report import PollReport
+from exporter.selfmetrics import SelfMetrics
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+Outcome = dict[str, T | ApiError]
+
+
+class Fetcher:
+    """Reads usage and task state for the poller, a few requests at a time.
+
+    ``fingerprints`` (stream ID -> fingerprint of the row last counted) lets listings
+    skip rows that have not changed. Failures of reads by task ID are returned, not
+    raised, and ``failed`` counts and logs each; listings of the window raise.
+    """
+
+    def __init__(
+        self,
+        client: NeoClient,
+        metrics: SelfMetrics,
+        fingerprints: Mapping[str, int | None],
+        *,
+        max_workers: int = 4,
+    ) -> None:
+        self.client = client
+        self.metrics = metrics
+        self.fingerprints = fingerprints
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="neo-fetch")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def window(self, since: float) -> Listing[Observation]:
+        """Every run started since ``since``; rows become observations page by page (a
+        first poll holds a whole window)."""
+        return self.client.read_stream_usage(
+            Observation.from_row,
+            since=datetime.fromtimestamp(since, UTC),
+            fingerprint=row_fingerprint,
+            known=self.fingerprints,
+        )
+
+    def task_runs(self, task_ids: Iterable[str]) -> Outcome[Listing[Observation]]:
+        """Every run of each task, read by task ID."""
+        return self._each(self._task_runs, task_ids)
+
+    def details(self, task_ids: Iterable[str]) -> Outcome[TaskDetails]:
+        return self._each(self.client.get_task, task_ids)
+
+    def usage(self, task_ids: Iterable[str]) -> Outcome[TaskUsage]:
+        """Each task's usage summed over its runs."""
+        return self._each(self.client.get_task_usage, task_ids)
+
+    def live_tasks(
+        self, statuses: Iterable[str]
+    ) -> tuple[dict[str, TaskInfo], int, ApiError | None]:
+        """The caller's own tasks of ``statuses``, from the task list, one request each;
+        how many lists answered; and the first failure, which ends the reading."""
+        found: dict[str, TaskInfo] = {}
+        answered = 0
+        for status in statuses:
+            try:
+                tasks = self.client.list_tasks(status=status)
+            except ApiError as exc:
+                log.warning("task_list_failed", status=status, reason=exc.reason, error=str(exc))
+                return found, answered, exc
+            answered += 1
+            found.update((info.id, info) for info in tasks)
+        return found, answered, None
+
+    def failed(self, task_id: str, exc: ApiError, report: PollReport) -> None:
+        """Count and log a failed read of one task."""
+        self.metrics.errors.labels(exc.reason).inc()
+        report.warnings.append(f"{task_id}: {exc}")
+        event = "task_not_found" if isinstance(exc, NotFound) else "task_fetch_failed"
+        log.warning(event, task_id=task_id, reason=exc.reason, error=str(exc))
+
+    def _task_runs(self, task_id: str) -> Listing[Observation]:
+        return self.client.read_stream_usage(
+            Observation.from_row,
+            task_id=task_id,
+            fingerprint=row_fingerprint,
+            known=self.fingerprints,
+        )
+
+    def _each(self, fn: Callable[[str], T], ids: Iterable[str]) -> Outcome[T]:
+        futures = {task_id: self._pool.submit(fn, task_id) for task_id in ids}
+        results: Outcome[T] = {}
+        for task_id, future in futures.items():
+            try:
+                results[task_id] = future.result()
+            except ApiError as exc:
+                results[task_id] = exc
+        return results

@@ -1,0 +1,61 @@
+"""Figures that travel from the poller to the collector through the ledger's meta, as
+typed snapshots: one definition for the writer and the reader."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from exporter.accounting import to_nano
+from exporter.models import TaskUsage
+
+PINNED_PREFIX = "pinned:"
+
+
+@dataclass(frozen=True)
+class PinnedFigures:
+    """A pinned task's usage over all its runs, as last read by ID (``TASK_IDS``).
+
+    A figure the API did not report (or that could not be read) keeps the one last
+    reported; None until one is."""
+
+    credits: int | None  # nano-credits
+    steps: int | None
+    tool_calls: int | None
+    runs: int | None
+    model: str
+    status: str
+
+    @staticmethod
+    def key(task_id: str) -> str:
+        return PINNED_PREFIX + task_id
+
+    @classmethod
+    def from_usage(cls, usage: TaskUsage, before: PinnedFigures | None) -> PinnedFigures:
+        figures: dict[str, Any] = {
+            "credits": to_nano(usage.neo_credits),
+            "steps": usage.step_count,
+            "tool_calls": usage.tool_calls,
+            "runs": usage.stream_count if usage.stream_count is not None else 1,
+            "model": usage.model,
+            "status": usage.status,
+        }
+        if before is not None:
+            figures = {k: getattr(before, k) if v is None else v for k, v in figures.items()}
+        return cls(**figures)
+
+    def dump(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def read(cls, text: str | None) -> PinnedFigures | None:
+        """The snapshot stored as ``text``; None for none, or for one that does not read
+        (written by another version: the next poll writes it anew)."""
+        if text is None:
+            return None
+        try:
+            stored = json.loads(text)
+            return cls(**{f.name: stored.get(f.name) for f in fields(cls)})
+        except (ValueError, TypeError, AttributeError):
+            return None
