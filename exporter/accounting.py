@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import count
-from operator import attrgetter, eq
+from operator import attrgetter, eq, itemgetter
 from typing import NamedTuple
 
 import msgspec
@@ -42,10 +42,14 @@ COUNTER_NAMES = {name: spec.name for name, spec in RUN_COUNTERS.items()}
 _INDEX = attrgetter("index")
 _TOOL_NAME = attrgetter("tool_name")
 _DURATION = attrgetter("duration_ms")
+_START = itemgetter(0)
 GUARDED_LABELS = ("model", "status", "tool", "agent")  # capped by LabelGuard
 
 EXEMPLAR_COUNTERS = frozenset({RUN_COUNTERS["credits"].name})
 EXEMPLAR_FIELDS = tuple(f for f, name in COUNTER_NAMES.items() if name in EXEMPLAR_COUNTERS)
+# Marks in RunState.uncounted: the run's agents, or its tool calls, were not reported
+# when it was first seen (their first report is then history too).
+LATE_AGENTS, LATE_CALLS = "~agents", "~calls"
 Ranges = list[list[int]]  # sorted, disjoint half-open [start, end) ranges of counted indices
 
 
@@ -57,6 +61,31 @@ class FirstSight(NamedTuple):
     agents: dict[str, int]
     tools_seen: Ranges
     at: float = 0.0
+
+
+# The n-th call of a history sharing an index with earlier ones is known as
+# index + n * OCCURRENCE: past any index the API sends (a count up to 10**15).
+OCCURRENCE = 10**16
+
+
+def call_ids(history: Sequence[ToolCall]) -> list[int]:
+    """Each tool call's identity within its run, the same in every row of the run while
+    its history grows at the end: its index; for the n-th call with an index that earlier
+    calls have too (an API that numbers calls per agent, or all 0), index + n * OCCURRENCE.
+    A call without an index is known by its position, among the calls without one where
+    others have one (as -(position + 1)): an entry that cannot be read takes no other
+    call's identity."""
+    indexed = any(call.index is not None for call in history)
+    times: dict[int, int] = {}
+    ids = []
+    for position, call in enumerate(history):
+        if call.index is None:
+            ids.append(-(position + 1) if indexed else position)
+            continue
+        seen = times.get(call.index, 0)
+        times[call.index] = seen + 1
+        ids.append(call.index + seen * OCCURRENCE)
+    return ids
 
 
 def run_key(row: TaskUsage) -> str:
@@ -139,23 +168,24 @@ class Observation:
     # whole window's rows, with dozens of calls each. Tool names are shared strings.
     tools: list[str]
     durations: array[int]  # milliseconds, typecode "q"
-    # Each call's index (its position when it has none); None when every index equals
-    # its position (the usual case), so that new calls are a tail.
+    # Each call's identity in its run (``call_ids``); None when every index equals its
+    # position (the usual case), so that new calls are a tail.
     indices: list[int] | None = None
     fingerprint: int | None = None
     # The indices of calls whose duration is not reported (yet): left out of the columns
     # above, and uncounted until a row reports them (see ``apply`` for runs before the
     # baseline, whose calls are history whatever their duration).
     waiting: list[int] | None = None
+    # Whether the row reported its tool calls and its agents at all (null: not reported).
+    calls_known: bool = True
+    agents_known: bool = True
 
     @classmethod
     def from_row(cls, row: TaskUsage, fingerprint: int | None = None) -> Observation:
         history: Sequence[ToolCall] = row.tool_call_history or ()
         indices = None  # the usual case: every index equals its position
         if not all(map(eq, map(_INDEX, history), count())):
-            indices = [p if call.index is None else call.index for p, call in enumerate(history)]
-            if len(set(indices)) < len(indices):
-                indices = None  # indices that repeat tell calls apart no more: positions do
+            indices = call_ids(history)
         durations: list[int | None] = list(map(_DURATION, history))
         waiting = None
         if None in durations:
@@ -205,6 +235,8 @@ class Observation:
             indices,
             fingerprint,
             waiting,
+            row.tool_call_history is not None,
+            row.agent_breakdown is not None,
         )
 
     @property
@@ -354,8 +386,7 @@ def _new_calls(ranges: Ranges, obs: Observation) -> tuple[list[str], Sequence[in
 
 def _mark(ranges: Ranges, index: int) -> bool:
     """Add ``index`` to the range set; False if it was already there."""
-    starts = [r[0] for r in ranges]
-    pos = bisect_left(starts, index + 1) - 1
+    pos = bisect_left(ranges, index + 1, key=_START) - 1
     if pos >= 0 and ranges[pos][0] <= index < ranges[pos][1]:
         return False
     if pos >= 0 and ranges[pos][1] == index:
@@ -405,7 +436,8 @@ def apply(
                 now = obs.values.get(name, 0)
                 if now > 0 and obs.task_id:
                     deltas.counter_tasks[keys[name]] = (obs.task_id, now)
-    else:
+    late: dict[str, int] | None = None
+    if old is not None:
         state = old
         # A run before the baseline whose field was not reported when first seen: the
         # first value reported is its first sight, history like the rest of it.
@@ -426,10 +458,18 @@ def apply(
             elif now < before:
                 deltas.decreases[name] = deltas.decreases.get(name, 0) + 1
                 deltas.decreased_runs.append((obs.task_id, obs.stream_id, name))
+    # So are its agents and tool calls, when they were not reported at its first sight.
+    hush_agents = silent or (late is not None and LATE_AGENTS in late and obs.agents_known)
+    hush_calls = silent or (late is not None and LATE_CALLS in late and obs.calls_known)
+    if late is not None:
+        if hush_agents:
+            late.pop(LATE_AGENTS, None)
+        if hush_calls:
+            late.pop(LATE_CALLS, None)
     for agent, now in obs.agents.items():
         before = state.agents.get(agent, 0)
         if now > before:
-            if not silent:
+            if not hush_agents:
                 deltas.add(AGENT_BREAKDOWN.name, (model, guard.admit("agent", agent)), now - before)
             state.agents[agent] = now
         elif now < before:
@@ -439,10 +479,14 @@ def apply(
         state.uncounted = {
             name: getattr(state, name) for name in VALUE_FIELDS if name in obs.values
         }
+        if not obs.agents_known:
+            state.uncounted[LATE_AGENTS] = 0
+        if not obs.calls_known:
+            state.uncounted[LATE_CALLS] = 0
     tools, durations = _new_calls(state.tools_seen, obs)
-    if tools and not silent:
+    if tools and not hush_calls:
         deltas.observe_calls(model, tools, durations, obs.task_id, guard)
-    if silent and obs.waiting:  # calls made before it was first seen are history too
+    if hush_calls and obs.waiting:  # calls made before it was first seen are history too
         for index in obs.waiting:
             _mark(state.tools_seen, index)
     if obs.terminal and not state.finished:
@@ -488,7 +532,8 @@ def count_in_full(state: RunState) -> None:
     if first is None or not state.baselined:
         raise ValueError(f"run {state.stream_id} was not taken for history in doubt")
     for name, amount in (state.uncounted or {}).items():
-        setattr(state, name, getattr(state, name) - amount)
+        if name not in (LATE_AGENTS, LATE_CALLS):
+            setattr(state, name, getattr(state, name) - amount)
     for agent, amount in first.agents.items():
         left = state.agents.get(agent, 0) - amount
         if left > 0:

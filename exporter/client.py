@@ -19,7 +19,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from exporter import __version__
-from exporter.decoding import Defect, UsagePage, read_page, read_row
+from exporter.decoding import Defect, UsagePage, read_one_row, read_page
 from exporter.errors import (
     ApiError,
     ApiPayloadError,
@@ -97,13 +97,10 @@ class Listing(Generic[R]):
 
 
 Fingerprint = Callable[[TaskUsage], int | None]
-# Past the largest total any page reported, a listing takes at most this many more
-# rows (twice the total, and ten pages) before it gives up on paging that never ends.
-PAST_TOTAL_PAGES = 10
-# A listing whose pages bring no row it had not seen this many times in a row is a
-# server that ignores the offset: it is given up on, not paged forever.
+# A listing whose pages bring nothing new this many times in a row (the same page, or
+# rows already seen) is a server that ignores the offset: given up on, not paged forever.
 STALE_PAGES = 3
-MAX_ROWS_UNTOLD = 10_000_000  # the bound on a listing when no page tells a total
+MAX_ROWS_UNTOLD = 10_000_000  # rows a listing takes at most while pages bring new rows
 
 
 def _iso(moment: datetime) -> str:
@@ -243,21 +240,15 @@ class NeoClient:
         return self._list(TASK_USAGES, params, _as_is, key=lambda r: r.task_id)
 
     def get_task_usage(self, task_id: str) -> TaskUsage:
+        return self.read_task_usage(task_id)[0]
+
+    def read_task_usage(self, task_id: str) -> tuple[TaskUsage, list[Defect]]:
+        """A task's usage over all its runs, and the values of it that could not be read
+        (each costs only itself). An answer that is no row is asked again, like one cut
+        short; still none, ApiPayloadError."""
         path = f"/api/v1/usage/tasks/{_quote(task_id)}"
-        row: TaskUsage | None
-        defects: list[Defect]
-        row, defects = self._get(TASK_USAGE, path, decode=read_row)
-        for defect in defects:
-            log.warning(
-                "field_skipped", endpoint=TASK_USAGE, task_id=defect.task_id,
-                field=defect.field, reason=defect.reason,
-            )  # fmt: skip
-        if row is None:
-            reason = defects[0].reason if defects else "not a usage row"
-            raise ApiPayloadError(
-                f"{TASK_USAGE}: unexpected payload: {reason}", endpoint=TASK_USAGE
-            )
-        return row
+        found: tuple[TaskUsage, list[Defect]] = self._get(TASK_USAGE, path, decode=read_one_row)
+        return found
 
     def get_task(self, task_id: str) -> TaskDetails:
         body = self._get(TASK, f"/api/v1/tasks/{_quote(task_id)}")
@@ -315,7 +306,6 @@ class NeoClient:
         progress = lambda: len(seen) + len(listing.unchanged)  # noqa: E731
         for page in self._pages(endpoint, params, listing, progress):
             listing.pages += 1
-            listing.defects += page.defects
             for bad in page.skipped:
                 listing.invalid.append(InvalidRow(bad.task_id, bad.reason))
                 log.warning(
@@ -341,6 +331,10 @@ class NeoClient:
                     continue
                 seen[ident] = len(listing.rows)
                 listing.rows.append(convert(row, digest))
+            # A value that still cannot be read in a row that has not changed was
+            # reported when the row was counted: not again at every poll.
+            unchanged = listing.unchanged
+            listing.defects += [d for d in page.defects if d.stream_id not in unchanged]
         return listing
 
     def _pages(
@@ -352,18 +346,20 @@ class NeoClient:
     ) -> Iterator[UsagePage]:
         """The pages of a usage list, paged by the rows received and nothing else.
 
-        A listing ends on an empty page, or once the rows received reach the page's
+        A listing ends on an empty page, or once the rows received are exactly the page's
         ``total`` while ``has_more`` does not say otherwise; never on a short page (the
         API may cap ``limit``) nor on ``has_more`` alone (it may be worked out from the
         ``limit`` asked for, not the one served). Envelopes that contradict each other
-        are followed to an empty page, and noted in ``listing.inconsistent``.
-        A listing that would never end (``has_more`` forever, an offset ignored) is
-        given up with ApiPayloadError: past twice the largest total and ten pages, or
-        after STALE_PAGES pages in a row that bring no row not already seen."""
+        or the rows (more rows than ``total``) are followed to an empty page and noted
+        in ``listing.inconsistent``. A page that brings no row not already seen while
+        ``has_more`` is false ends the listing (a server that ignores the offset). A
+        listing that would never end is given up with ApiPayloadError: after
+        STALE_PAGES pages in a row that bring nothing new (the same page again, or only
+        rows already seen), or past MAX_ROWS_UNTOLD rows. So ``has_more`` true forever
+        costs the rows and a few pages, never millions of requests."""
         offset = 0
-        largest = 0  # the largest total any page reported
-        told = False  # whether any page reported a total
         stale = 0
+        last_digest: int | None = None
         while True:
             query = {**params, "limit": str(PAGE_LIMIT), "offset": str(offset)}
             before = progress()
@@ -371,24 +367,30 @@ class NeoClient:
             yield page
             offset += page.size
             total, more = page.total, page.has_more
-            if total is not None:
-                told, largest = True, max(largest, total)
             if page.size == 0:
-                if told and offset < largest:
+                if total is not None and offset < total:
                     self._inconsistent(listing, endpoint, "total_not_reached")
                 return
-            if total is not None and offset >= total:
-                if more is not True:
-                    return
+            new = progress() > before
+            if total is not None and offset == total and more is not True:
+                return
+            if not new and more is False:
+                if total is not None and offset < total:
+                    self._inconsistent(listing, endpoint, "offset_ignored")
+                return
+            if total is not None and offset > total:
+                self._inconsistent(listing, endpoint, "rows_past_total")
+            elif total is not None and offset == total:
                 self._inconsistent(listing, endpoint, "has_more_past_total")
             elif more is False and total is not None:
                 self._inconsistent(listing, endpoint, "has_more_false_before_total")
-            stale = stale + 1 if progress() == before else 0
-            bound = 2 * largest + PAST_TOTAL_PAGES * PAGE_LIMIT if told else MAX_ROWS_UNTOLD
-            if stale >= STALE_PAGES or offset > bound:
+            nothing = page.digest == last_digest or (not new and not page.skipped)
+            stale = stale + 1 if nothing else 0
+            last_digest = page.digest
+            if stale >= STALE_PAGES or offset > MAX_ROWS_UNTOLD:
                 raise ApiPayloadError(
                     f"{endpoint}: paging did not end ({offset} rows received, total "
-                    f"{largest if told else 'not reported'})",
+                    f"{'not reported' if total is None else total})",
                     endpoint=endpoint,
                 )
 

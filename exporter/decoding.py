@@ -65,6 +65,7 @@ class UsagePage:
     total: int | None = None
     skipped: list[Defect] = field(default_factory=list)  # rows that cannot be placed
     defects: list[Defect] = field(default_factory=list)  # fields read as not reported
+    digest: int = 0  # of the page's bytes: a page served twice is the same page
 
 
 class _Page(msgspec.Struct, gc=False):
@@ -81,9 +82,21 @@ def read_page(content: bytes) -> UsagePage:
     try:
         page = _PAGE.decode(content)
     except _UNREADABLE:
-        return _read_page_in_parts(content)
-    total = page.total if page.total is not None and page.total >= 0 else None
-    return UsagePage(page.data, len(page.data), page.has_more, total)
+        read = _read_page_in_parts(content)
+    else:
+        total = page.total if page.total is not None and page.total >= 0 else None
+        read = UsagePage(page.data, len(page.data), page.has_more, total)
+    read.digest = hash(content)
+    return read
+
+
+def read_one_row(content: bytes) -> tuple[TaskUsage, list[Defect]]:
+    """A usage row that is a whole answer (``/usage/tasks/{id}``); raises ``Unreadable``
+    (so the answer is asked again) when it cannot be placed."""
+    row, defects = read_row(content)
+    if row is None:
+        raise Unreadable(defects[0].reason if defects else "not a usage row")
+    return row, defects
 
 
 def read_row(content: bytes) -> tuple[TaskUsage | None, list[Defect]]:
@@ -127,8 +140,9 @@ def _read_page_in_parts(content: bytes) -> UsagePage:
     return page
 
 
-_BOOL = msgspec.json.Decoder(bool | None)
-_TOTAL = msgspec.json.Decoder(int | None)
+# Lax, as the fast path reads them ("1", "false").
+_BOOL = msgspec.json.Decoder(bool | None, strict=False)
+_TOTAL = msgspec.json.Decoder(int | None, strict=False)
 
 
 def _scalar(text: bytes, decoder: Any) -> Any:
@@ -421,6 +435,8 @@ def _parts(text: bytes, start: int, end: int, opener: int) -> list[tuple[int, in
                     raise Unreadable("a trailing comma")
                 return parts
         elif first == 0x2C and depth == 1:
+            if _skip_space(text, begin, match.start()) == match.start():
+                raise Unreadable("an empty element")  # [a,,b] would move offsets wrongly
             parts.append((begin, match.start()))
             begin = match.end()
     raise Unreadable("not terminated")

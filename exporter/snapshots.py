@@ -4,6 +4,7 @@ typed snapshots: one definition for the writer and the reader."""
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -32,17 +33,23 @@ class PinnedFigures:
         return PINNED_PREFIX + task_id
 
     @classmethod
-    def from_usage(cls, usage: TaskUsage, before: PinnedFigures | None) -> PinnedFigures:
+    def from_usage(
+        cls, usage: TaskUsage, before: PinnedFigures | None, unreadable: Collection[str] = ()
+    ) -> PinnedFigures:
+        """``unreadable``: the usage's fields that could not be read (model and status
+        read "unknown" then): they keep the figures last reported too."""
         figures: dict[str, Any] = {
-            "credits": to_nano(usage.neo_credits),
+            "credits": None if usage.neo_credits is None else to_nano(usage.neo_credits),
             "steps": usage.step_count,
             "tool_calls": usage.tool_calls,
             "runs": usage.stream_count if usage.stream_count is not None else 1,
-            "model": usage.model,
-            "status": usage.status,
+            "model": None if "model" in unreadable else usage.model,
+            "status": None if "status" in unreadable else usage.status,
         }
         if before is not None:
             figures = {k: getattr(before, k) if v is None else v for k, v in figures.items()}
+        figures["model"] = figures["model"] or "unknown"
+        figures["status"] = figures["status"] or "unknown"
         return cls(**figures)
 
     def dump(self) -> str:

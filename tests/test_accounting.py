@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 from decimal import Decimal
 from typing import Any
 
@@ -193,44 +194,84 @@ def test_a_null_amount_is_not_reported_rather_than_zero() -> None:
     assert deltas.counters[("neo_execution_time_seconds_total", LABELS)] == 500
 
 
-calls = st.lists(
-    st.tuples(st.none() | st.integers(0, 12), st.sampled_from(["bash", "grep", None])),
-    max_size=12,
-)
+SCHEMES = ("position", "zero", "per_tool", "none", "unique_shuffled")
 
 
-@given(st.lists(calls, min_size=1, max_size=6))
-def test_each_tool_call_is_observed_once_however_histories_arrive(
-    snapshots: list[list[tuple[int | None, str | None]]],
+def numbered(calls: list[tuple[str, int]], scheme: str) -> list[int | None]:
+    """Indices as an API of that scheme would number a run's calls (in call order)."""
+    if scheme == "position":
+        return list(range(len(calls)))
+    if scheme == "zero":
+        return [0] * len(calls)
+    if scheme == "per_tool":  # 1, 2, ... per tool name
+        counts: dict[str, int] = {}
+        out: list[int | None] = []
+        for tool, _ in calls:
+            counts[tool] = counts.get(tool, 0) + 1
+            out.append(counts[tool])
+        return out
+    if scheme == "none":
+        return [None] * len(calls)
+    return [1000 + 7 * i for i in range(len(calls))]  # unique, not positions
+
+
+@given(
+    scheme=st.sampled_from(SCHEMES),
+    calls=st.lists(st.tuples(st.sampled_from(["bash", "grep", "nmap"]), st.integers(1, 99)),
+                   min_size=1, max_size=14),
+    cuts=st.lists(st.integers(0, 14), min_size=1, max_size=5),
+    waiting=st.sets(st.integers(0, 13), max_size=4),
+    seed=st.integers(0, 2**16),
+)  # fmt: skip
+def test_each_tool_call_is_observed_once_however_the_api_numbers_it(
+    scheme: str, calls: list[tuple[str, int]], cuts: list[int], waiting: set[int], seed: int
 ) -> None:
-    """Histories that grow at the end, come shuffled, repeat or lack indices: every call
-    (its index, or its position without one; its position in a history whose calls
-    would share an index so) is observed once, under its tool, with the duration it had
-    when first seen."""
+    """A run's history grows at its end, row after row, its calls numbered by the API's
+    scheme (positions, all 0, per tool, none, unique in another order) and some of their
+    durations not reported at first: every call is observed exactly once, under its
+    tool, with its duration, whatever the scheme and however the rows cut it."""
+    indices = numbered(calls, scheme)
     state: RunState | None = None
-    seen: dict[int, tuple[str, int]] = {}
     observed: list[tuple[str, int]] = []
-    for number, snapshot in enumerate(snapshots):
-        history = []
-        ids = [position if index is None else index for position, (index, _) in enumerate(snapshot)]
-        if len(set(ids)) < len(ids):  # two calls of one history are two calls
-            ids = list(range(len(snapshot)))
-        for position, (index, tool) in enumerate(snapshot):
-            duration = 1000 * number + position  # tells which sighting was counted
-            call: dict[str, object] = {"tool_name": tool, "duration_ms": duration}
-            if index is not None:
-                call["index"] = index
+    rows = [*sorted({min(c, len(calls)) for c in cuts}), len(calls)]
+    for number, size in enumerate(rows):
+        last = number == len(rows) - 1
+        history: list[dict[str, object]] = []
+        for position in range(size):
+            tool, ms = calls[position]
+            known = last or position not in waiting
+            call: dict[str, object] = {"tool_name": tool, "duration_ms": ms if known else None}
+            if indices[position] is not None:
+                call["index"] = indices[position]
             history.append(call)
-            seen.setdefault(ids[position], (tool or "unknown", duration))
+        if scheme == "unique_shuffled":
+            random.Random(seed + number).shuffle(history)
         state, deltas = fold(state, observe(tool_call_history=history, status="running"))
         observed += [
             (labels[1], value)
             for name, labels, value in deltas.observations
             if name == "neo_tool_call_duration_seconds"
         ]
-    assert sorted(observed) == sorted(seen.values())
-    assert state is not None
-    assert {i for start, end in state.tools_seen for i in range(start, end)} == set(seen)
+    assert sorted(observed) == sorted(calls)
+
+
+def test_switching_between_indices_and_an_unreadable_entry_counts_each_call_once() -> None:
+    """An entry that cannot be read appears between indexed calls: it takes no other
+    call's identity, and is counted once it reads (found by review)."""
+    state, deltas = fold(None, observe(status="running", tool_call_history=[
+        {"index": 0, "tool_name": "a", "duration_ms": 10},
+        {"index": 1, "tool_name": "b", "duration_ms": 20},
+    ]))  # fmt: skip
+    assert tool_observations(deltas) == [10, 20]
+    # The decoder keeps an unreadable entry's place: a call without index or duration.
+    row = read_usage(usage_row(status="running", tool_call_history=[
+        {"index": 0, "tool_name": "a", "duration_ms": 10},
+        {"tool_name": None, "duration_ms": None},
+        {"index": 1, "tool_name": "b", "duration_ms": 20},
+        {"index": 2, "tool_name": "c", "duration_ms": 30},
+    ]))  # fmt: skip
+    state, deltas = fold(state, Observation.from_row(row))
+    assert tool_observations(deltas) == [30]
 
 
 @given(
@@ -384,3 +425,26 @@ def test_counts_that_are_not_reported_are_not_counted_nor_decreases() -> None:
     _, deltas = fold(state, observe(status="running", step_count=None, tool_calls=None))
     assert deltas.counters == {}
     assert deltas.decreases == {}
+
+
+def test_calls_and_agents_first_reported_after_first_sight_are_history_for_a_baselined_run() -> (
+    None
+):
+    """A run before the baseline whose tool calls and agents were not reported when first
+    seen: their first report is history too (found by review); what comes after counts."""
+    first = observe(status="running", tool_call_history=None, agent_breakdown=None)
+    state, deltas = fold(None, first, baselined=True)
+    assert deltas.observations == []
+    state, deltas = fold(state, observe(status="running", agent_breakdown={"recon": 40}))
+    assert tool_observations(deltas) == []
+    assert not [k for k in deltas.counters if k[0] == "neo_agent_triggers_by_agent_total"]
+    later = observe(
+        agent_breakdown={"recon": 41},
+        tool_call_history=[
+            *usage_row()["tool_call_history"],
+            {"index": 2, "tool_name": "bash", "duration_ms": 70},
+        ],
+    )
+    _, deltas = fold(state, later)
+    assert tool_observations(deltas) == [70]
+    assert deltas.counters[("neo_agent_triggers_by_agent_total", ("sonnet-4.6", "recon"))] == 1

@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import msgspec
 import pytest
 from structlog.testing import capture_logs
 
+from exporter import client as client_module
 from exporter.accounting import row_fingerprint
 from exporter.client import (
-    PAGE_LIMIT,
-    PAST_TOTAL_PAGES,
     STALE_PAGES,
     STREAMS,
+    Listing,
     NeoClient,
     RetryPolicy,
     retry_after,
@@ -354,19 +355,100 @@ def test_an_offset_ignored_is_given_up_on_within_a_few_pages() -> None:
     assert len(calls) == 1 + STALE_PAGES
 
 
-def test_has_more_forever_is_bounded_by_the_total() -> None:
-    """New rows forever behind a total of 500: given up past twice the total and ten
-    pages, not after ten million rows."""
+def row_of(number: int, **extra: object) -> dict[str, object]:
+    return {"task_id": "t", "stream_id": f"s{number}", "model": "m", "status": "completed",
+            "created_at": "2026-11-20T08:00:00Z", **extra}  # fmt: skip
+
+
+class Server:
+    """A usage list over MockTransport: ``rows`` newest first; ``envelope`` makes a
+    page's has_more and total from (offset, rows served, rows in all); ``arrive``: rows
+    added at the head before each answer (a busy account)."""
+
+    def __init__(
+        self, count: int, envelope: Any, *, cap: int = 200, arrive: int = 0,
+        ignore_offset: bool = False,
+    ) -> None:  # fmt: skip
+        self.rows = [row_of(n) for n in range(count, 0, -1)]
+        self.envelope, self.cap, self.arrive = envelope, cap, arrive
+        self.ignore_offset = ignore_offset
+        self.requests = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        newest = len(self.rows)
+        self.rows[:0] = [row_of(newest + n) for n in range(self.arrive, 0, -1)]
+        offset = 0 if self.ignore_offset else int(request.url.params["offset"])
+        limit = min(int(request.url.params["limit"]), self.cap)
+        data = self.rows[offset : offset + limit]
+        body = {"data": data, **self.envelope(offset, len(data), len(self.rows))}
+        return httpx.Response(200, json=body)
+
+    def listing(self) -> Listing[TaskUsage]:
+        with NeoClient(
+            "http://neo", ("api_key", "k" * 20), transport=httpx.MockTransport(self)
+        ) as client:
+            return client.list_stream_usage()
+
+
+def truthful(offset: int, served: int, count: int) -> dict[str, object]:
+    return {"has_more": offset + served < count, "total": count}
+
+
+@pytest.mark.parametrize(
+    ("envelope", "inconsistent"),
+    [
+        (lambda o, s, n: {"total": n // 2}, "rows_past_total"),  # total too low
+        (lambda o, s, n: {"total": 0}, "rows_past_total"),
+        (lambda o, s, n: {"has_more": o + s < n, "total": 0}, "rows_past_total"),
+        (lambda o, s, n: {"has_more": o + s < n, "total": n + 300}, "total_not_reached"),
+        (lambda o, s, n: {"has_more": "yes", "total": "many"}, None),  # unreadable: absent
+    ],
+)
+def test_a_wrong_total_costs_no_row(envelope: Any, inconsistent: str | None) -> None:
+    server = Server(450, envelope)
+    listing = server.listing()
+    assert len(listing.rows) == 450
+    assert listing.inconsistent[-1:] == ([inconsistent] if inconsistent else [])
+
+
+def test_an_offset_ignored_with_has_more_false_ends_at_once() -> None:
+    """Everything in one page, whatever the offset: the second page brings nothing new
+    and says there is no more: the listing ends, with every row."""
+    server = Server(20, lambda o, s, n: {"has_more": False}, ignore_offset=True)
+    assert len(server.listing().rows) == 20
+    assert server.requests == 2
+
+
+def test_pages_of_rows_that_cannot_be_placed_are_progress() -> None:
+    """Rows without a created_at cost only themselves, however many pages they fill."""
+    server = Server(1000, truthful, cap=10)
+    for row in server.rows[5:900]:
+        del row["created_at"]
+    listing = server.listing()
+    assert len(listing.rows) == 105
+    assert len(listing.invalid) == 895
+
+
+@pytest.mark.parametrize("arrive", [1, 5, 50])
+def test_a_busy_account_without_a_total_loses_no_row(arrive: int) -> None:
+    """Runs start while the listing pages (newest first, no total, has_more honest):
+    every row there when the listing began is listed."""
+    server = Server(1000, lambda o, s, n: {"has_more": o + s < n}, arrive=arrive)
+    before = {r["stream_id"] for r in server.rows}
+    listing = server.listing()
+    assert before <= {r.stream_id for r in listing.rows}
+
+
+def test_new_rows_forever_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that makes up new rows forever is given up on past MAX_ROWS_UNTOLD."""
+    monkeypatch.setattr(client_module, "MAX_ROWS_UNTOLD", 2000)
     calls: list[httpx.URL] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         offset = int(request.url.params["offset"])
         calls.append(request.url)
-        rows = [
-            {"task_id": "t", "stream_id": f"s{offset + i}", "model": "m", "status": "completed",
-             "created_at": "2026-11-20T08:00:00Z"}
-            for i in range(200)
-        ]  # fmt: skip
+        rows = [row_of(offset + i) for i in range(200)]
         return httpx.Response(200, json={"data": rows, "has_more": True, "total": 500})
 
     with (
@@ -374,7 +456,7 @@ def test_has_more_forever_is_bounded_by_the_total() -> None:
         pytest.raises(ApiPayloadError, match="total 500"),
     ):
         c.list_stream_usage()
-    assert len(calls) == (2 * 500 + PAST_TOTAL_PAGES * PAGE_LIMIT) // 200 + 1
+    assert len(calls) == 2000 // 200 + 1
 
 
 def test_an_inconsistent_envelope_is_logged_once_per_client(api: SimulatedApi) -> None:

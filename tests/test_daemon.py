@@ -95,9 +95,10 @@ class LogWatch:
     def __init__(self, child: subprocess.Popen[str]) -> None:
         self._lines: list[str] = []
         self._changed = threading.Condition()
+        self._streams = [s for s in (child.stdout, child.stderr) if s is not None]
         self._pumps = [
             threading.Thread(target=self._pump, args=(stream,), daemon=True)
-            for stream in (child.stdout, child.stderr)
+            for stream in self._streams
         ]
         for pump in self._pumps:
             pump.start()
@@ -132,6 +133,8 @@ class LogWatch:
     def close(self) -> None:
         for pump in self._pumps:
             pump.join(timeout=30)
+        for stream in self._streams:
+            stream.close()
 
 
 def test_concurrent_scrapes_while_polling_stay_correct(api: SimulatedApi, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.accounting import Observation
+from exporter.accounting import OCCURRENCE, Observation
 from exporter.decoding import Defect, Unreadable, read_page, read_row
 from exporter.models import TaskUsage, ToolCall
 
@@ -200,15 +200,20 @@ def test_tool_calls_and_agents_that_cannot_be_read_cost_only_themselves() -> Non
         "tool_call_history[2].tool_name",
     ]
     obs = Observation.from_row(row)
-    assert (obs.tools, list(obs.durations), obs.indices) == (["nmap", "unknown"], [300, 10], [0, 2])
+    # The call whose index cannot be read is known by its position among such calls.
+    assert (obs.tools, list(obs.durations), obs.indices) == (
+        ["nmap", "unknown"],
+        [300, 10],
+        [0, -3],
+    )
 
 
-def test_tool_call_indices_that_repeat_are_told_apart_by_position() -> None:
+def test_tool_call_indices_that_repeat_are_told_apart_by_their_occurrence() -> None:
     calls = [{**c, "index": 0} for c in ROW["tool_call_history"]]
     row = read_row(text({**ROW, "tool_call_history": calls}))[0]
     assert row is not None
     obs = Observation.from_row(row)
-    assert obs.indices is None  # positions, as for a history numbered 0..n-1
+    assert obs.indices == [0, OCCURRENCE, 2 * OCCURRENCE]  # the same as the history grows
     assert list(obs.durations) == [300, 250, 350]
 
 

@@ -124,13 +124,7 @@ class PollCycle:
             self.metrics.errors.labels("invalid_row").inc()
             report.invalid_rows += 1
             report.warnings.append(f"{bad.task_id}: {bad.reason}")
-        for defect in listing.defects:
-            self.metrics.errors.labels("invalid_field").inc()
-            report.invalid_fields += 1
-            log.warning(
-                "field_skipped", task_id=defect.task_id, stream_id=defect.stream_id,
-                field=defect.field, reason=defect.reason,
-            )  # fmt: skip
+        self.fetch.defects(listing.defects, report)
         for kind in listing.inconsistent:
             self.metrics.errors.labels("paging_inconsistent").inc()
             report.warnings.append(f"paging: {kind}")
@@ -150,13 +144,16 @@ class PollCycle:
         self.report.task_requests += len(usages)
         meta: dict[str, str] = {}
         changed = []
-        for task_id, usage in usages.items():
-            if isinstance(usage, ApiError):
-                self.fetch.failed(task_id, usage, self.report)
+        for task_id, answer in usages.items():
+            if isinstance(answer, ApiError):
+                self.fetch.failed(task_id, answer, self.report)
                 continue
+            usage, defects = answer
+            self.fetch.defects(defects, self.report)
             key = PinnedFigures.key(task_id)
             before = PinnedFigures.read(self.ledger.meta.get(key))
-            text = PinnedFigures.from_usage(usage, before).dump()
+            unreadable = {d.field for d in defects}
+            text = PinnedFigures.from_usage(usage, before, unreadable).dump()
             if self.ledger.meta.get(key) != text:
                 meta[key] = text
                 changed.append(task_id)

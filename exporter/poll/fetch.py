@@ -11,6 +11,7 @@ import structlog
 
 from exporter.accounting import Observation, row_fingerprint
 from exporter.client import Listing, NeoClient
+from exporter.decoding import Defect
 from exporter.errors import ApiError, NotFound
 from exporter.models import TaskDetails, TaskInfo, TaskUsage
 from exporter.poll.report import PollReport
@@ -62,9 +63,19 @@ class Fetcher:
     def details(self, task_ids: Iterable[str]) -> Outcome[TaskDetails]:
         return self._each(self.client.get_task, task_ids)
 
-    def usage(self, task_ids: Iterable[str]) -> Outcome[TaskUsage]:
-        """Each task's usage summed over its runs."""
-        return self._each(self.client.get_task_usage, task_ids)
+    def usage(self, task_ids: Iterable[str]) -> Outcome[tuple[TaskUsage, list[Defect]]]:
+        """Each task's usage summed over its runs, with the values that could not be read."""
+        return self._each(self.client.read_task_usage, task_ids)
+
+    def defects(self, defects: Iterable[Defect], report: PollReport) -> None:
+        """Count and log values read as not reported (each costs only itself)."""
+        for defect in defects:
+            self.metrics.errors.labels("invalid_field").inc()
+            report.invalid_fields += 1
+            log.warning(
+                "field_skipped", task_id=defect.task_id, stream_id=defect.stream_id,
+                field=defect.field, reason=defect.reason,
+            )  # fmt: skip
 
     def live_tasks(
         self, statuses: Iterable[str]
