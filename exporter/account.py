@@ -95,7 +95,7 @@ class AccountReader:
                 self.requests += 1
                 balance = self.client.get_credits()
             except ApiStatusError as exc:
-                if exc.status in (403, 404, 405):
+                if exc.not_offered:
                     self._billing_supported = False  # not offered to this key: summary only
                     log.info("billing_credits_unavailable", status=exc.status)
                 else:

@@ -81,8 +81,7 @@ class TasksInView:
         """Tasks in view at ``horizon`` (unix time), by (model, status)."""
         ledger = self._ledger
         with self._lock:
-            touched: Iterable[str]
-            touched, ledger.tasks_touched = ledger.tasks_touched, set()
+            touched: Iterable[str] = ledger.take_touched_tasks()
             if ledger.tasks_loads != self._loads or horizon < self._horizon:
                 # Loaded anew, or the clock went back: tasks may have come into view.
                 self._loads = ledger.tasks_loads

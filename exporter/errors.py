@@ -20,7 +20,9 @@ whether it is ``lasting``: the one rule for "permanent" against "worth asking ag
 A lasting error is the API's own answer that the thing is not there or not for this key
 (a 4xx other than 401, 408 and 429): asking again, in this poll or the next, cannot
 help. Everything else (no answer, 5xx, a broken payload, rejected credentials that an
-operator may fix, a rate limit) may mend.
+operator may fix, a rate limit) may mend. An optional endpoint is dropped only when its
+answer says it is ``not_offered`` (400, 403, 404, 405), a narrower rule: a 409 or 422
+from the task list says nothing about whether it is offered.
 """
 
 from __future__ import annotations
@@ -101,6 +103,13 @@ class ApiStatusError(ApiError):
     @property
     def lasting(self) -> bool:
         return 400 <= self.status < 500 and self.status not in (401, 408, 429)
+
+    @property
+    def not_offered(self) -> bool:
+        """Whether the answer says the endpoint itself is not offered to this key
+        (400, 403, 404, 405): an optional endpoint (the task list, the credit balance)
+        is not asked again."""
+        return self.status in (400, 403, 404, 405)
 
 
 class CredentialsRejected(ApiStatusError):

@@ -479,6 +479,12 @@ class Ledger:
         """The rows of an SQL query on the file, for tools and tests."""
         return [tuple(row) for row in self._db.execute(sql, params)]
 
+    def take_touched_tasks(self) -> set[str]:
+        """The tasks written or evicted since the last call (for the collector's counts
+        of tasks in view, which follow changes instead of walking every task)."""
+        touched, self.tasks_touched = self.tasks_touched, set()
+        return touched
+
     def flagged_tasks(self) -> list[tuple[str, TaskRecord]]:
         """The tasks that are live, awaited or followed, with their records: what a poll
         reads beyond the listings (all in memory: eviction keeps them)."""

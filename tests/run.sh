@@ -24,4 +24,4 @@ echo "==> ruff"
 echo "==> mypy (strict)"
 .venv/bin/mypy
 echo "==> pytest"
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest -n auto --dist loadfile "$@"

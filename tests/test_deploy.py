@@ -25,11 +25,19 @@ import pytest
 import yaml
 
 from exporter.catalogue import all_specs
+from tests.deploy_files import (
+    RULE_FILES,
+    all_rules,
+    dashboard,
+    dashboard_panels,
+    dashboard_queries,
+    load_yaml,
+    rule_groups,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 RULES_DIR = DEPLOY / "prometheus" / "rules"
-RULE_FILES = sorted(RULES_DIR.glob("*.rules.yml"))
 RECORDING_RULES = RULES_DIR / "neo-recording.rules.yml"
 ALERT_RULES = RULES_DIR / "neo-alerts.rules.yml"
 RULE_TESTS = sorted((DEPLOY / "prometheus" / "tests").glob("*.test.yml"))
@@ -37,7 +45,6 @@ PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 COMPOSE = DEPLOY / "docker-compose.yml"
 COMPOSE_REAL_API = DEPLOY / "docker-compose.real-api.yml"
 K8S = DEPLOY / "kubernetes"
-DASHBOARD = ROOT / "grafana" / "neo-exporter-dashboard.json"
 HEALTHCHECK = DEPLOY / "docker" / "healthcheck.py"
 
 # The simulator's public demo key ("neo_sk_demo" and 28 zeros).
@@ -54,25 +61,10 @@ PLANNED_METRICS = frozenset(
 )
 # Series Prometheus itself provides.
 PROMETHEUS_SERIES = frozenset({"up"})
-# Values the dashboard's template variables take when a test evaluates its queries.
-TEMPLATE_VALUES = {
-    "${datasource}": "prometheus",
-    "$datasource": "prometheus",
-    "${model}": ".+",
-    "$model": ".+",
-    "$__rate_interval": "2m",
-    "$__interval": "1m",
-    "$__range": "1h",
-}
 DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
 
 
 # --- helpers -------------------------------------------------------------------------
-
-
-def load_yaml(path: Path) -> Any:
-    with path.open(encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
 
 
 def load_yaml_documents(path: Path) -> list[Any]:
@@ -188,16 +180,6 @@ def series_with_model_label() -> set[str]:
 # --- rules -----------------------------------------------------------------------------
 
 
-def rule_groups(path: Path) -> list[dict[str, Any]]:
-    groups = load_yaml(path)["groups"]
-    assert isinstance(groups, list)
-    return groups
-
-
-def all_rules() -> list[dict[str, Any]]:
-    return [rule for path in RULE_FILES for group in rule_groups(path) for rule in group["rules"]]
-
-
 def recorded_names() -> set[str]:
     return {rule["record"] for group in rule_groups(RECORDING_RULES) for rule in group["rules"]}
 
@@ -211,40 +193,6 @@ def unit_test_cases() -> list[dict[str, Any]]:
 
 
 # --- dashboard ---------------------------------------------------------------------------
-
-
-def dashboard() -> dict[str, Any]:
-    with DASHBOARD.open(encoding="utf-8") as handle:
-        loaded: dict[str, Any] = json.load(handle)
-    return loaded
-
-
-def dashboard_panels(panels: list[dict[str, Any]] | None = None) -> Iterator[dict[str, Any]]:
-    """Every panel, including those nested in collapsed rows."""
-    for panel in dashboard()["panels"] if panels is None else panels:
-        yield panel
-        yield from dashboard_panels(panel.get("panels", []))
-
-
-def substitute_template_variables(expr: str) -> str:
-    for variable in sorted(TEMPLATE_VALUES, key=len, reverse=True):
-        expr = expr.replace(variable, TEMPLATE_VALUES[variable])
-    return expr
-
-
-def dashboard_queries() -> list[tuple[str, str]]:
-    """(panel title, PromQL) of every dashboard query, template variables substituted.
-
-    $model becomes ".+" (the variable's "All" value, used inside =~ matchers),
-    $__rate_interval 2m (4 x the 30 s scrape interval), $__interval 1m, $__range 1h,
-    so each query can be sent to a real Prometheus as it stands.
-    """
-    return [
-        (panel["title"], substitute_template_variables(target["expr"]))
-        for panel in dashboard_panels()
-        for target in panel.get("targets", [])
-        if target.get("expr")
-    ]
 
 
 # --- Dockerfile ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from exporter.account import AccountReader
-from exporter.errors import ExporterError
+from exporter.errors import ExporterError, StateError
 from exporter.poll import Timing
 from exporter.simulator import StreamTruth
 from tests.rig import DAY, START, Rig, assert_exact, make_rig, poll, run_polls
@@ -318,3 +318,44 @@ def test_a_poll_leaves_no_response_body_to_the_cycle_collector(rig: Rig) -> None
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
+
+
+def task_list_requests(rig: Rig) -> int:
+    return sum(n for (template, _), n in rig.api.requests.items() if template == "/api/v1/tasks")
+
+
+@pytest.mark.parametrize(("status", "asked_again"), [(422, True), (409, True), (404, False)])
+def test_the_task_list_is_dropped_only_when_it_is_not_offered(
+    rig: Rig, status: int, asked_again: bool
+) -> None:
+    """A 422 or 409 from the task list says nothing of whether it is offered: it is
+    asked again next poll. A 404 (or 400, 403, 405) says it is not: it is not asked
+    again (found by review of the poll's reshaping)."""
+    poller = rig.open()
+    rig.api.faults.down["/api/v1/tasks"] = status
+    assert poller.poll_safely() is not None
+    del rig.api.faults.down["/api/v1/tasks"]
+    before = task_list_requests(rig)
+    rig.clock.advance(600)
+    assert poller.poll_safely() is not None
+    assert (task_list_requests(rig) > before) == asked_again
+
+
+def test_a_task_list_not_offered_stays_dropped_when_its_poll_fails_later(rig: Rig) -> None:
+    poller = rig.open()
+    rig.api.faults.down["/api/v1/tasks"] = 404
+    rig.api.faults.down["/api/v1/tasks/{id}"] = 500  # details fail: then a state error
+    assert rig.ledger is not None
+    failing = rig.ledger.load_runs
+
+    def broken(ids: object) -> object:
+        raise StateError("disk gone")
+
+    rig.ledger.load_runs = broken  # type: ignore[assignment,method-assign]
+    assert poller.poll_safely() is None
+    rig.ledger.load_runs = failing  # type: ignore[method-assign]
+    del rig.api.faults.down["/api/v1/tasks"], rig.api.faults.down["/api/v1/tasks/{id}"]
+    before = task_list_requests(rig)
+    rig.clock.advance(600)
+    assert poller.poll_safely() is not None
+    assert task_list_requests(rig) == before

@@ -30,7 +30,7 @@ from exporter.accounting import NON_TERMINAL
 from exporter.app import Exporter
 from exporter.settings import Settings
 from exporter.simulator import DEMO_API_KEY, ManualClock, ScaledClock, SimulatedApi, World
-from tests.test_deploy import all_rules, dashboard_queries
+from tests.deploy_files import all_rules, dashboard_queries
 
 pytestmark = pytest.mark.prometheus
 

@@ -17,11 +17,11 @@ import pytest
 import structlog.testing
 from prometheus_client import CollectorRegistry
 
-from exporter.errors import WebConfigError
 from exporter.exposition import Exposition
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import Health, make_server
 from exporter.webconfig import WebConfig, load_web_config
+from tests.conftest import self_signed, write_web_config
 
 
 def serve(health: Health, web: WebConfig | None = None) -> Iterator[str]:
@@ -132,12 +132,6 @@ def test_a_request_that_fails_is_an_event_not_a_traceback(
     assert capsys.readouterr().err == ""
 
 
-def write_web_config(tmp_path: Path, body: str) -> Path:
-    path = tmp_path / "web.yml"
-    path.write_text(body)
-    return path
-
-
 def test_basic_auth(tmp_path: Path, health: Health) -> None:
     hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
     web = load_web_config(write_web_config(tmp_path, f"basic_auth_users:\n  prom: '{hashed}'\n"))
@@ -171,35 +165,6 @@ def test_tls(tmp_path: Path, health: Health) -> None:
             httpx.get(url.replace("https", "http") + "/healthz")
 
 
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        ("basic_auth_users:\n  prom: plaintext\n", "must be a bcrypt hash"),
-        ("tls_server_config:\n  cert_file: missing.pem\n  key_file: k.pem\n", "cannot load"),
-        ("nonsense: 1\n", "unknown keys"),
-        ("- a list\n", "expected a mapping"),
-        ("basic_auth_users: [\n", "not valid YAML"),
-        ("basic_auth_users:\n  prom: '$2b$plaintext\n", "not valid YAML at line"),
-        ("tls_server_config:\n  min_version: TLS99\n", "min_version 'TLS99' is not one of"),
-    ],
-)
-def test_bad_web_config_is_named(tmp_path: Path, body: str, message: str) -> None:
-    with pytest.raises(WebConfigError, match=message) as caught:
-        load_web_config(write_web_config(tmp_path, body))
-    assert "plaintext" not in str(caught.value)  # a password is never echoed back
-
-
-def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
-    cert, key = folder / f"{name}.pem", folder / f"{name}-key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
 def test_client_certificates_are_required_with_a_client_ca(tmp_path: Path, health: Health) -> None:
     server_cert, _ = self_signed(tmp_path, "server")
     client_cert, client_key = self_signed(tmp_path, "client")
@@ -214,13 +179,3 @@ def test_client_certificates_are_required_with_a_client_ca(tmp_path: Path, healt
             httpx.get(f"{url}/healthz", verify=trusted)  # no client certificate
         trusted.load_cert_chain(client_cert, client_key)
         assert httpx.get(f"{url}/healthz", verify=trusted).status_code == 200
-
-
-def test_unverifiable_client_auth_types_are_refused(tmp_path: Path) -> None:
-    self_signed(tmp_path, "server")
-    config = (
-        "tls_server_config:\n  cert_file: server.pem\n  key_file: server-key.pem\n"
-        "  client_ca_file: server.pem\n  client_auth_type: RequireAnyClientCert\n"
-    )
-    with pytest.raises(WebConfigError, match="'RequireAnyClientCert' is not supported"):
-        load_web_config(write_web_config(tmp_path, config))

@@ -20,7 +20,7 @@ from exporter.accounting import (
     hold_in_doubt,
 )
 from exporter.client import Listing
-from exporter.errors import ApiError, NotFound
+from exporter.errors import ApiError, ApiStatusError, NotFound
 from exporter.ledger import Ledger, PollChanges, TaskRecord
 from exporter.models import TaskDetails, TaskInfo
 from exporter.poll.fetch import Fetcher
@@ -183,7 +183,8 @@ class PollCycle:
             listed, answered, error = self.fetch.live_tasks(sorted(LIVE_TASK_STATUSES))
             self.report.task_requests += answered
             if error is not None:
-                self.task_list_offered = not error.lasting  # not offered: usage only
+                if isinstance(error, ApiStatusError) and error.not_offered:
+                    self.task_list_offered = False  # from now on, usage and IDs only
                 complete = False
         if not complete:  # without both lists, every live task is read by ID
             live |= set(listed)

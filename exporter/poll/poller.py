@@ -142,8 +142,10 @@ class Poller:
                 self.fetch, self.ledger, self.timing, now,
                 pinned=self.pinned, task_list_offered=self._task_list_offered,
             )  # fmt: skip
-            changes = cycle.run()
-            self._task_list_offered = cycle.task_list_offered
+            try:
+                changes = cycle.run()
+            finally:  # what the task list said holds even if the poll fails after it
+                self._task_list_offered = cycle.task_list_offered
             stamp = now.timestamp()
             if self.account is not None and stamp >= self._account_due:
                 changes.meta.update(self._read_account(now))
