@@ -18,6 +18,19 @@ fi
 echo "==> installing neo-exporter with its test extras"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 
+echo "==> the lowest versions pyproject.toml allows: install, then a smoke test"
+# Every declared lower bound must work: a second virtualenv holds the lowest allowed
+# version of each runtime and build dependency (tests/lowest.py), builds the package with
+# that setuptools, and runs tests/smoke.py (start, first poll of the simulator, scrape).
+if [ ! -x .venv-lowest/bin/python ]; then
+    python3 -m venv .venv-lowest
+fi
+.venv/bin/python tests/lowest.py > .venv-lowest/pins.txt
+.venv-lowest/bin/python -m pip install -q --disable-pip-version-check -r .venv-lowest/pins.txt
+.venv-lowest/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+    --no-build-isolation -e .
+(cd .venv-lowest && bin/python ../tests/smoke.py)
+
 echo "==> ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
