@@ -239,6 +239,22 @@ class NeoClient:
         params = {"from": _iso(since)} if since is not None else {}
         return self._list(TASK_USAGES, params, _as_is, key=lambda r: r.task_id)
 
+    def read_task_usages(
+        self,
+        convert: Callable[[TaskUsage, int | None], R],
+        *,
+        since: datetime,
+        fingerprint: Fingerprint | None = None,
+        known: Mapping[str, int | None] | None = None,
+    ) -> Listing[R]:
+        """``read_stream_usage`` over the per-task rows (each task's runs summed), for an
+        account whose per-stream rows cannot be read: rows keyed as the ledger keys a
+        task's row (``accounting.run_key``: ``task:<id>``)."""
+        return self._list(
+            TASK_USAGES, {"from": _iso(since)}, convert, key=_task_row_key, fp=fingerprint,
+            known=known,
+        )  # fmt: skip
+
     def get_task_usage(self, task_id: str) -> TaskUsage:
         return self.read_task_usage(task_id)[0]
 
@@ -489,6 +505,10 @@ class NeoClient:
 
 def _quote(value: str) -> str:
     return httpx.URL("/").copy_with(path="/" + value).raw_path.decode()[1:].replace("/", "%2F")
+
+
+def _task_row_key(row: TaskUsage) -> str:
+    return f"task:{row.task_id}"
 
 
 def _as_is(row: TaskUsage, fingerprint: int | None) -> TaskUsage:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from exporter.simulator import StreamTruth
-from tests.rig import Rig, assert_exact, make_rig, poll, run_polls, value
+from tests.rig import DAY, Rig, assert_exact, make_rig, poll, run_polls, value
 from tests.truth import Truth, compare, counted, units
 
 # (page_cap, has_more, total): a capped limit with has_more worked out from the limit
@@ -112,3 +112,51 @@ def test_a_row_no_one_can_read_costs_only_itself_poll_after_poll(tmp_path: Path)
             truth.after_poll(rig.ledger)  # type: ignore[arg-type]
             assert_exact(rig, truth)
         assert failures == {False: 10}
+
+
+def test_per_task_rows_count_where_stream_rows_are_not_offered(tmp_path: Path) -> None:
+    """/usage/streams answers 404 while /usage/tasks works: the exporter counts each task
+    as one run from its own row, asking the streams endpoint once. At each full listing,
+    every task created since the baseline and still in the window reads exactly what its
+    runs used, continuations included (between full listings a continuation of a task
+    older than two hours waits for the next one: README, Limits)."""
+    for rig in make_rig(tmp_path, tasks_per_day=1000):
+        rig.api.faults.down["/api/v1/usage/streams"] = 404
+        poller = rig.open()
+        assert poller.poll_safely() is not None
+        for step in range(1, 19):  # full listings at 0, 1 h, 2 h and 3 h
+            rig.clock.advance(600)
+            if step == 12:  # continue tasks in the window, but not in recent listings
+                hours_ago = rig.clock.now().timestamp() - 5 * 3600
+                created = {t: rig.world.task_by_id[t].created / 1000 for t in rig.world.task_ids()}
+                older = [t for t, at in created.items() if rig.baseline <= at < hours_ago]
+                for task_id in older[-30:]:
+                    rig.world.continue_task(task_id)
+            report = poller.poll_safely()
+            assert report is not None
+        assert report.full_listing
+        assert rig.ledger is not None
+        assert rig.api.requests[("/api/v1/usage/streams", 404)] == 1
+        # A task awaits its own row, never a stream no ledger row is keyed by.
+        assert all(a.startswith("task:") for r in rig.ledger.tasks.values() for a in r.awaiting)
+        now = rig.clock.now().timestamp()
+        streams: dict[str, list[StreamTruth]] = {}
+        for stream in rig.world.visible_streams():
+            streams.setdefault(stream.task_id, []).append(stream)
+        checked = continued = 0
+        for task_id, runs in streams.items():
+            created = rig.world.task_by_id[task_id].created / 1000
+            if created < max(rig.baseline, now - DAY):
+                continue  # history, or left the window
+            state = rig.ledger.load_runs([f"task:{task_id}"])[f"task:{task_id}"]
+            expected = {
+                name: sum(units(s, name) for s in runs)
+                for name in ("credits", "steps", "tool_calls", "exec_ms")
+            }
+            assert {name: getattr(state, name) for name in expected} == expected, task_id
+            calls = sum(end - start for start, end in state.tools_seen)
+            assert calls == sum(len(s.tool_durations) for s in runs)
+            checked += 1
+            continued += len(runs) > 1
+        assert checked > 300
+        assert continued >= 20

@@ -21,6 +21,7 @@ from exporter.poll.policy import (
     ended_streams,
     listing_window,
     marks_written,
+    per_task_awaited,
     record_from_info,
     record_from_row,
     settled_record,
@@ -267,3 +268,8 @@ def test_timing(
     assert (timing.incremental, timing.listed_span) == (incremental, span)
     assert (timing.give_up_after, timing.evict_every) == (give_up, evict)
     assert timing.hot_since(T) == T - 2 * timing.lookback
+
+
+def test_counting_per_task_a_task_awaits_its_own_row() -> None:
+    awaited = {"a": Awaited(frozenset({"s1", "s2"}), T - 9), "b": Awaited(frozenset(), T)}
+    assert per_task_awaited(awaited) == {"a": Awaited(frozenset({"task:a"}), T - 9)}

@@ -36,6 +36,7 @@ from exporter.poll.policy import (
     ended_streams,
     listing_window,
     marks_written,
+    per_task_awaited,
     record_from_info,
     record_from_row,
     settled_record,
@@ -197,8 +198,13 @@ class PollCycle:
         a broken one): its task's details, which tell the run's own start, are asked
         before it is taken for history; and asked again for a run taken for history in
         doubt. Tasks that did not answer are not asked twice in a poll."""
+        # A task's own row (``task:<id>``, counting per task) is dated by its task: one
+        # from before the baseline is history, as it says.
+        baseline = self.baseline
         older = {
-            key: row.task_id for key, row in self.rows.items() if row.started_at < self.baseline
+            key: row.task_id
+            for key, row in self.rows.items()
+            if row.started_at < baseline and not key.startswith("task:")
         }
         if not older:
             return
@@ -231,6 +237,8 @@ class PollCycle:
         this poll)."""
         flagged = self.ledger.flagged_tasks()
         awaited = awaited_runs(flagged, self.details, self.baseline, self.stamp)
+        if self.fetch.per_task:  # a task is one run: it awaits its own row
+            awaited = per_task_awaited(awaited)
         wanted = {stream for held in awaited.values() for stream in held.runs}
         # A run taken for history in doubt is not done until its task tells its start:
         # its task is read by ID meanwhile, so that its row is at hand when it does.

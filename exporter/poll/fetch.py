@@ -7,12 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TypeVar
 
+import msgspec
 import structlog
 
 from exporter.accounting import Observation, row_fingerprint
 from exporter.client import Listing, NeoClient
 from exporter.decoding import Defect
-from exporter.errors import ApiError, NotFound
+from exporter.errors import ApiError, ApiStatusError, NotFound
 from exporter.models import TaskDetails, TaskInfo, TaskUsage
 from exporter.poll.report import PollReport
 from exporter.selfmetrics import SelfMetrics
@@ -20,6 +21,13 @@ from exporter.selfmetrics import SelfMetrics
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 Outcome = dict[str, T | ApiError]
+
+
+def task_run(row: TaskUsage, fingerprint: int | None) -> Observation:
+    """A per-task row as one run of the ledger, keyed ``task:<id>`` whatever it says."""
+    if row.stream_id is not None:
+        row = msgspec.structs.replace(row, stream_id=None)
+    return Observation.from_row(row, fingerprint)
 
 
 class Fetcher:
@@ -41,6 +49,10 @@ class Fetcher:
         self.client = client
         self.metrics = metrics
         self.fingerprints = fingerprints
+        # Whether the per-stream rows cannot be read (/usage/streams not offered to this
+        # key) and runs are counted per task instead, from the per-task rows: each task
+        # one run (``task:<id>``), exact for what those rows show.
+        self.per_task = False
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="neo-fetch")
 
     def close(self) -> None:
@@ -48,12 +60,26 @@ class Fetcher:
 
     def window(self, since: float) -> Listing[Observation]:
         """Every run started since ``since``; rows become observations page by page (a
-        first poll holds a whole window)."""
-        return self.client.read_stream_usage(
-            Observation.from_row,
-            since=datetime.fromtimestamp(since, UTC),
-            fingerprint=row_fingerprint,
-            known=self.fingerprints,
+        first poll holds a whole window). Where the per-stream rows are not offered, the
+        per-task rows of the tasks created since then instead (``per_task``)."""
+        moment = datetime.fromtimestamp(since, UTC)
+        if not self.per_task:
+            try:
+                return self.client.read_stream_usage(
+                    Observation.from_row, since=moment, fingerprint=row_fingerprint,
+                    known=self.fingerprints,
+                )  # fmt: skip
+            except ApiStatusError as exc:
+                if not exc.not_offered or exc.status == 400:
+                    raise
+                self.per_task = True
+                self.metrics.errors.labels(exc.reason).inc()
+                log.warning(
+                    "stream_usage_unavailable", status=exc.status,
+                    action="counting per task from /api/v1/usage/tasks until restarted",
+                )  # fmt: skip
+        return self.client.read_task_usages(
+            task_run, since=moment, fingerprint=row_fingerprint, known=self.fingerprints
         )
 
     def task_runs(self, task_ids: Iterable[str]) -> Outcome[Listing[Observation]]:
@@ -102,6 +128,15 @@ class Fetcher:
         log.warning(event, task_id=task_id, reason=exc.reason, error=str(exc))
 
     def _task_runs(self, task_id: str) -> Listing[Observation]:
+        if self.per_task:  # the task's own row, as one run
+            row, defects = self.client.read_task_usage(task_id)
+            listing: Listing[Observation] = Listing(pages=1, defects=defects)
+            key, digest = f"task:{task_id}", row_fingerprint(row)
+            if digest is not None and self.fingerprints.get(key, -1) == digest:
+                listing.unchanged.add(key)
+            else:
+                listing.rows.append(task_run(row, digest))
+            return listing
         return self.client.read_stream_usage(
             Observation.from_row,
             task_id=task_id,

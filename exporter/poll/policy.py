@@ -118,6 +118,16 @@ def awaited_runs(
     return awaited
 
 
+def per_task_awaited(awaited: Mapping[str, Awaited]) -> dict[str, Awaited]:
+    """Where runs are counted per task (``Fetcher.per_task``), a task awaits its own
+    row (``task:<id>``), not its streams, which no row of the ledger is keyed by."""
+    return {
+        task_id: Awaited(frozenset({f"task:{task_id}"}), held.since)
+        for task_id, held in awaited.items()
+        if held.runs
+    }
+
+
 def tasks_to_read(
     awaited: Mapping[str, Awaited],
     done: frozenset[str],
