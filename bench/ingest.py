@@ -102,7 +102,7 @@ def skeleton_seconds(sim: SimulatorProcess, lookback: float) -> float:
         gc.disable()
         try:
             started = time.process_time()
-            rows = client.read_stream_usage(_skeleton_row, since=since).rows
+            rows = client.map_stream_usage(_skeleton_row, since=since).rows
             db.execute("BEGIN IMMEDIATE")
             marks = ",".join("?" * len(RUN_COLUMNS))
             db.executemany(f"INSERT OR REPLACE INTO runs VALUES ({marks})", sorted(rows))

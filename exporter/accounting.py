@@ -283,7 +283,7 @@ class LabelGuard:
 
 
 @dataclass(slots=True)
-class Observed:
+class SeriesObservations:
     """One histogram series' observations in a poll, and the task behind each stretch of
     them (the task is the exemplar of the bucket an observation lands in)."""
 
@@ -300,9 +300,9 @@ class Deltas:
     """Everything one poll adds: counter increments and histogram observations."""
 
     counters: dict[tuple[str, tuple[str, ...]], int] = field(default_factory=dict)
-    observed: dict[tuple[str, tuple[str, ...]], Observed] = field(default_factory=dict)
+    observed: dict[tuple[str, tuple[str, ...]], SeriesObservations] = field(default_factory=dict)
     # Each model label's tool series by tool name as reported, admitted to a label once.
-    tool_series: dict[str, dict[str, Observed]] = field(default_factory=dict)
+    tool_series: dict[str, dict[str, SeriesObservations]] = field(default_factory=dict)
     decreases: dict[str, int] = field(default_factory=dict)
     decreased_runs: list[tuple[str, str, str]] = field(default_factory=list)  # task, run, field
     # The task behind the latest increment of a counter series, for OpenMetrics exemplars.
@@ -321,7 +321,7 @@ class Deltas:
     def observe(self, name: str, labels: tuple[str, ...], value: int, task_id: str = "") -> None:
         series = self.observed.get((name, labels))
         if series is None:
-            series = self.observed[(name, labels)] = Observed()
+            series = self.observed[(name, labels)] = SeriesObservations()
         series.values.append(value)
         series.ends.append(len(series.values))
         series.tasks.append(task_id)
@@ -348,7 +348,7 @@ class Deltas:
                 key = (TOOL_DURATION.name, (model, label))
                 series = self.observed.get(key)
                 if series is None:
-                    series = self.observed[key] = Observed()
+                    series = self.observed[key] = SeriesObservations()
                 if label != guard.OTHER:  # a tool over the cap asks each time: it is counted
                     known[tool] = series
             series.values.extend(values)

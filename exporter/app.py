@@ -15,7 +15,7 @@ import httpx
 import structlog
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
-from exporter.account import AccountReader
+from exporter.balance import BalanceReader
 from exporter.client import NeoClient, RetryPolicy
 from exporter.collector import UsageCollector
 from exporter.errors import StateError
@@ -128,7 +128,7 @@ class Exporter:
                 max_workers=settings.max_concurrent_requests,
                 clock=clock,
                 on_commit=self.exposition.refresh,
-                account=AccountReader(
+                account=BalanceReader(
                     self.client,
                     lookback=settings.lookback,
                     team_view=settings.team_view,

@@ -206,11 +206,11 @@ class NeoClient:
         counted), rows that have not changed are only noted in ``Listing.unchanged``,
         which keeps a poll's cost in what changed.
         """
-        return self.read_stream_usage(
+        return self.map_stream_usage(
             _as_is, since=since, until=until, task_id=task_id, fingerprint=fingerprint, known=known
         )
 
-    def read_stream_usage(
+    def map_stream_usage(
         self,
         convert: Callable[[TaskUsage, int | None], R],
         *,
@@ -239,7 +239,7 @@ class NeoClient:
         params = {"from": _iso(since)} if since is not None else {}
         return self._list(TASK_USAGES, params, _as_is, key=lambda r: r.task_id)
 
-    def read_task_usages(
+    def map_task_usages(
         self,
         convert: Callable[[TaskUsage, int | None], R],
         *,
@@ -247,7 +247,7 @@ class NeoClient:
         fingerprint: Fingerprint | None = None,
         known: Mapping[str, int | None] | None = None,
     ) -> Listing[R]:
-        """``read_stream_usage`` over the per-task rows (each task's runs summed), for an
+        """``map_stream_usage`` over the per-task rows (each task's runs summed), for an
         account whose per-stream rows cannot be read: rows keyed as the ledger keys a
         task's row (``accounting.run_key``: ``task:<id>``)."""
         return self._list(

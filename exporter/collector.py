@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -17,7 +16,6 @@ from prometheus_client.core import (
 )
 from prometheus_client.samples import Sample
 
-from exporter.account import ACCOUNT_KEY, TEAM_KEY
 from exporter.catalogue import (
     ACCOUNT,
     COUNTERS,
@@ -31,7 +29,7 @@ from exporter.catalogue import (
 )
 from exporter.histograms import Histogram
 from exporter.ledger import Ledger
-from exporter.snapshots import PinnedFigures
+from exporter.snapshots import ACCOUNT_KEY, TEAM_KEY, BalanceFigures, PinnedFigures, TeamFigures
 
 # Task-details statuses are a closed, documented vocabulary: always allowed as labels.
 TASK_STATUSES = frozenset(
@@ -275,23 +273,22 @@ class UsageCollector:
         yield info
 
     def _account(self) -> Iterator[Metric]:
-        raw = self.ledger.meta.get(ACCOUNT_KEY)
-        values: dict[str, float] = json.loads(raw) if raw else {}
+        balance = BalanceFigures.read(self.ledger.meta.get(ACCOUNT_KEY))
         for spec, key in zip(ACCOUNT, ACCOUNT_FIELDS, strict=True):
-            if key in values:
-                yield GaugeMetricFamily(spec.name, spec.help, value=values[key])
-        raw = self.ledger.meta.get(TEAM_KEY)
-        if raw is None or not self.team_view:
+            figure = getattr(balance, key)
+            if figure is not None:
+                yield GaugeMetricFamily(spec.name, spec.help, value=figure)
+        team = TeamFigures.read(self.ledger.meta.get(TEAM_KEY))
+        if team is None or not self.team_view:
             return
-        members: dict[str, list[float]] = json.loads(raw)
         for position, spec in enumerate(TEAM):
             family = GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
-            for member, figures in sorted(members.items()):
+            for member, figures in sorted(team.members.items()):
                 family.add_metric([member], figures[position])
             yield family
 
 
-# Keys of the stored account snapshot, in the order of catalogue.ACCOUNT.
+# The balance's figures, in the order of catalogue.ACCOUNT.
 ACCOUNT_FIELDS = ("available", "issued", "used_since_reset", "expires_at", "last_reset", "expired")
 
 

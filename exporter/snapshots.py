@@ -66,3 +66,56 @@ class PinnedFigures:
             return cls(**{f.name: stored.get(f.name) for f in fields(cls)})
         except (ValueError, TypeError, AttributeError):
             return None
+
+
+ACCOUNT_KEY = "account"
+TEAM_KEY = "team"
+
+
+@dataclass(frozen=True)
+class BalanceFigures:
+    """The account's balance, as last read (summary and billing endpoints); a figure the
+    API did not give is None and is not served."""
+
+    available: float | None = None
+    issued: float | None = None
+    used_since_reset: float | None = None
+    expires_at: float | None = None  # unix time
+    last_reset: float | None = None  # unix time
+    expired: float | None = None  # 1 or 0
+
+    def dump(self) -> str | None:
+        """The stored text; None when no figure is known (nothing is written)."""
+        present = {k: v for k, v in asdict(self).items() if v is not None}
+        return json.dumps(present, sort_keys=True) if present else None
+
+    @classmethod
+    def read(cls, text: str | None) -> BalanceFigures:
+        if not text:
+            return cls()
+        try:
+            stored = json.loads(text)
+            return cls(**{f.name: stored.get(f.name) for f in fields(cls)})
+        except (ValueError, TypeError, AttributeError):
+            return cls()
+
+
+@dataclass(frozen=True)
+class TeamFigures:
+    """Spend by team member over the lookback window (team admins, opt-in): member label
+    -> (credits, tasks)."""
+
+    members: dict[str, tuple[float, float]]
+
+    def dump(self) -> str:
+        return json.dumps({m: list(f) for m, f in self.members.items()}, sort_keys=True)
+
+    @classmethod
+    def read(cls, text: str | None) -> TeamFigures | None:
+        if text is None:
+            return None
+        try:
+            stored = json.loads(text)
+            return cls({str(m): (float(f[0]), float(f[1])) for m, f in stored.items()})
+        except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+            return None

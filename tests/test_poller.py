@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from exporter.account import AccountReader
+from exporter.balance import BalanceReader
 from exporter.errors import ExporterError, StateError
 from exporter.poll import Timing
 from exporter.simulator import StreamTruth
@@ -191,7 +191,7 @@ def test_the_balance_is_read_at_most_every_account_interval(rig: Rig) -> None:
     once ACCOUNT_INTERVAL has passed."""
     poller = rig.open()
     assert rig.ledger is not None
-    poller.account = AccountReader(poller.client, lookback=DAY)
+    poller.account = BalanceReader(poller.client, lookback=DAY)
     poller.poll_once()
     poller.poll_once()
     summary = [n for (path, _), n in rig.api.requests.items() if path == "/api/v1/usage/summary"]

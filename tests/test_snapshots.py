@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from exporter.decoding import read_row
-from exporter.snapshots import PinnedFigures
+from exporter.snapshots import BalanceFigures, PinnedFigures, TeamFigures
 from tests.conftest import usage_row
 
 
@@ -41,3 +41,15 @@ def test_figures_not_reported_keep_the_last_ones() -> None:
     assert (first.credits, first.steps, first.model, first.status) == (
         None, None, "unknown", "unknown",
     )  # fmt: skip
+
+
+def test_balance_and_team_figures_round_trip() -> None:
+    balance = BalanceFigures(available=12.5, issued=100.0, expired=0.0)
+    text = balance.dump()
+    assert text is not None
+    assert BalanceFigures.read(text) == balance
+    assert BalanceFigures().dump() is None  # nothing known: nothing written
+    assert BalanceFigures.read("garbage") == BalanceFigures()
+    team = TeamFigures({"member-1": (3.5, 2.0)})
+    assert TeamFigures.read(team.dump()) == team
+    assert TeamFigures.read('{"m": "x"}') is None

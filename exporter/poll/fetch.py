@@ -65,7 +65,7 @@ class Fetcher:
         moment = datetime.fromtimestamp(since, UTC)
         if not self.per_task:
             try:
-                return self.client.read_stream_usage(
+                return self.client.map_stream_usage(
                     Observation.from_row, since=moment, fingerprint=row_fingerprint,
                     known=self.fingerprints,
                 )  # fmt: skip
@@ -78,7 +78,7 @@ class Fetcher:
                     "stream_usage_unavailable", status=exc.status,
                     action="counting per task from /api/v1/usage/tasks until restarted",
                 )  # fmt: skip
-        return self.client.read_task_usages(
+        return self.client.map_task_usages(
             task_run, since=moment, fingerprint=row_fingerprint, known=self.fingerprints
         )
 
@@ -137,7 +137,7 @@ class Fetcher:
             else:
                 listing.rows.append(task_run(row, digest))
             return listing
-        return self.client.read_stream_usage(
+        return self.client.map_stream_usage(
             Observation.from_row,
             task_id=task_id,
             fingerprint=row_fingerprint,

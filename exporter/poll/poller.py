@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 import structlog
 
-from exporter.account import AccountReader
 from exporter.accounting import Deltas
+from exporter.balance import BalanceReader
 from exporter.client import NeoClient
 from exporter.errors import ExporterError
 from exporter.ledger import Ledger
@@ -47,7 +47,7 @@ class Poller:
         max_workers: int = 4,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_commit: Callable[[], None] = lambda: None,
-        account: AccountReader | None = None,
+        account: BalanceReader | None = None,
     ) -> None:
         self.ledger = ledger
         self.metrics = metrics

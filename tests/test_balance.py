@@ -12,11 +12,12 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.account import ACCOUNT_KEY, TEAM_KEY, AccountReader, member_label
+from exporter.balance import BalanceReader, member_label
 from exporter.client import NeoClient
 from exporter.collector import UsageCollector
 from exporter.ledger import Ledger, PollChanges
 from exporter.simulator import DEMO_API_KEY, ManualClock, SimulatedApi, World
+from exporter.snapshots import ACCOUNT_KEY, TEAM_KEY
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 SALT = bytes(range(16))
@@ -42,7 +43,7 @@ def raw(api: SimulatedApi, path: str, **params: str) -> dict[str, object]:
 
 
 def test_balance_comes_from_the_billing_api(team_api: SimulatedApi, client: NeoClient) -> None:
-    meta, errors = AccountReader(client, lookback=86_400).read(NOW)
+    meta, errors = BalanceReader(client, lookback=86_400).read(NOW)
     assert errors == []
     balance = raw(team_api, "/api/v1/billing/credits")
     summary = raw(team_api, "/api/v1/usage/summary")
@@ -58,7 +59,7 @@ def test_balance_comes_from_the_billing_api(team_api: SimulatedApi, client: NeoC
 
 
 def test_team_view_is_pseudonymous_by_default(team_api: SimulatedApi, client: NeoClient) -> None:
-    meta, _ = AccountReader(client, lookback=86_400, team_view=True, salt=SALT).read(NOW)
+    meta, _ = BalanceReader(client, lookback=86_400, team_view=True, salt=SALT).read(NOW)
     members = json.loads(meta[TEAM_KEY])
     assert members
     assert all(re.fullmatch(r"member-[0-9a-f]{16}", label) for label in members)
@@ -73,7 +74,7 @@ def test_team_view_is_pseudonymous_by_default(team_api: SimulatedApi, client: Ne
 
 
 def test_emails_are_exported_only_when_enabled(client: NeoClient) -> None:
-    reader = AccountReader(client, lookback=86_400, team_view=True, export_emails=True, salt=SALT)
+    reader = BalanceReader(client, lookback=86_400, team_view=True, export_emails=True, salt=SALT)
     members = json.loads(reader.read(NOW)[0][TEAM_KEY])
     assert all(label.endswith("@example.com") for label in members)
 
@@ -85,7 +86,7 @@ def test_pseudonyms_are_keyed_by_the_installation_salt() -> None:
 
 
 def test_team_view_off_drops_stored_members(client: NeoClient) -> None:
-    meta, _ = AccountReader(client, lookback=86_400, team_view=False).read(NOW)
+    meta, _ = BalanceReader(client, lookback=86_400, team_view=False).read(NOW)
     assert json.loads(meta[TEAM_KEY]) == {}
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -14,11 +13,9 @@ from pydantic import ValidationError
 from exporter.client import NeoClient
 from exporter.errors import ApiError, ApiStatusError
 from exporter.models import MemberUsage, describe_validation_error
+from exporter.snapshots import ACCOUNT_KEY, TEAM_KEY, BalanceFigures, TeamFigures
 
 log = structlog.get_logger(__name__)
-
-ACCOUNT_KEY = "account"
-TEAM_KEY = "team"
 
 
 def member_label(email: str, *, export_emails: bool, salt: bytes) -> str:
@@ -44,7 +41,7 @@ def _stamp(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
 
-class AccountReader:
+class BalanceReader:
     """Reads balance (and per-member spend) once per poll; failures keep the last values."""
 
     def __init__(
@@ -89,7 +86,7 @@ class AccountReader:
             )
             # Off, the stored member figures (and any e-mail in them) are dropped.
             members = self._members(summary.by_email) if self.team_view else {}
-            meta[TEAM_KEY] = json.dumps(members, sort_keys=True)
+            meta[TEAM_KEY] = TeamFigures(members).dump()
         if self._billing_supported:
             try:
                 self.requests += 1
@@ -112,13 +109,13 @@ class AccountReader:
                 ):
                     if value is not None:
                         account[key] = value
-        present = {k: v for k, v in account.items() if v is not None}
-        if present:
-            meta[ACCOUNT_KEY] = json.dumps(present, sort_keys=True)
+        text = BalanceFigures(**account).dump()
+        if text is not None:
+            meta[ACCOUNT_KEY] = text
         return meta, errors
 
-    def _members(self, entries: list[Any] | None) -> dict[str, list[float]]:
-        members: dict[str, list[float]] = {}
+    def _members(self, entries: list[Any] | None) -> dict[str, tuple[float, float]]:
+        members: dict[str, tuple[float, float]] = {}
         for raw in entries or ():
             try:
                 entry = MemberUsage.model_validate(raw)
@@ -126,9 +123,9 @@ class AccountReader:
                 log.warning("member_row_skipped", reason=describe_validation_error(exc))
                 continue
             label = member_label(entry.email, export_emails=self.export_emails, salt=self.salt)
-            credits, tasks = members.get(label, [0.0, 0.0])
-            members[label] = [
+            credits, tasks = members.get(label, (0.0, 0.0))
+            members[label] = (
                 credits + float(entry.neo_credits or 0),
                 tasks + float(entry.tasks or 0),
-            ]
+            )
         return members
