@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -354,15 +354,19 @@ class PollCycle:
         settling = settling_tasks(fold.ended, stamp, self.timing)
         # Tasks whose following has lapsed are rewritten too, which unflags them.
         following = {task_id for task_id, r in self.ledger.flagged_tasks() if r.follow_until}
-        folded: dict[str, RunState] | None = None  # this poll's runs by ID, if needed
+        folded: dict[str, int] | None = None  # this poll's runs: where each is in ``runs``
         for task_id in set(awaited) | self.gone | following | settling:
             held = awaited.get(task_id, Awaited(frozenset(), 0.0))
             left = tuple(sorted(held.runs - finished)) if task_id not in self.gone else ()
             if left and stamp - held.since > self.timing.give_up_after:
                 if folded is None:
-                    folded = {state.stream_id: state for state in fold.runs}
-                left, stored = self.give_up(task_id, left, held.since, folded)
-                runs.extend(stored)
+                    folded = {state.stream_id: n for n, state in enumerate(runs)}
+                left, settled = self.give_up(task_id, left, held.since, runs, folded)
+                for state in settled:  # in doubt no more: history for good
+                    if state.stream_id in folded:
+                        runs[folded[state.stream_id]] = state
+                    else:  # not folded in this poll: written all the same
+                        runs.append(state)
             prior = self.ledger.task(task_id)
             record = tasks.get(task_id) or prior
             if record is None:
@@ -375,15 +379,21 @@ class PollCycle:
         return tasks, runs
 
     def give_up(
-        self, task_id: str, left: tuple[str, ...], since: float, folded: dict[str, RunState]
+        self,
+        task_id: str,
+        left: tuple[str, ...],
+        since: float,
+        runs: Sequence[RunState],
+        folded: Mapping[str, int],
     ) -> tuple[tuple[str, ...], list[RunState]]:
         """Stop awaiting runs that a task has awaited for too long. Those in doubt are
         taken for history for good once they have been in doubt that long themselves
         (they may have joined the task's awaited runs later). Returns the runs still
-        awaited, and the stored runs so changed (to write)."""
+        awaited, and new states of the runs taken for history for good (``runs`` and
+        ``folded``, where each of this poll's runs is in it, are left as they are)."""
         stamp, limit = self.stamp, self.timing.give_up_after
         waited = stamp - since
-        states = {s: folded[s] for s in left if s in folded}  # this poll's
+        states = {s: runs[folded[s]] for s in left if s in folded}  # this poll's
         stored = self.ledger.load_runs(s for s in left if s not in states)
         states.update(stored)
         doubted_at = {
@@ -404,12 +414,8 @@ class PollCycle:
                 "run_start_unconfirmed", task_id=task_id, stream_ids=waiting.unsure,
                 awaited_seconds=round(waited),
             )  # fmt: skip
-        changed = []
-        for stream_id in waiting.unsure:
-            states[stream_id].unconfirmed = None
-            if stream_id in stored:  # not folded in this poll: written all the same
-                changed.append(stored[stream_id])
-        return waiting.recent, changed
+        settled = [dataclasses.replace(states[s], unconfirmed=None) for s in waiting.unsure]
+        return waiting.recent, settled
 
 
 def _volume(row: Observation) -> tuple[int, int, int, int, int]:
