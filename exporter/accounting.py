@@ -91,7 +91,16 @@ def call_ids(history: Sequence[ToolCall]) -> list[int]:
 def run_key(row: TaskUsage) -> str:
     """The ledger's key of a usage row's run: its stream, or its task for a row without
     one (an aggregated row)."""
-    return row.stream_id or f"task:{row.task_id}"
+    return row.stream_id or task_run_key(row.task_id)
+
+
+def task_run_key(task_id: str) -> str:
+    """The ledger's key of a task counted as one run, from its aggregated row."""
+    return f"task:{task_id}"
+
+
+def is_task_run(key: str) -> bool:
+    return key.startswith("task:")
 
 
 def to_nano(amount: Decimal | None) -> int:

@@ -91,8 +91,8 @@ class Listing(Generic[R]):
     unchanged: set[str] = field(default_factory=set)
     pages: int = 0
     duplicates: int = 0
-    # Envelopes that contradicted each other or the rows, by kind ("has_more_false_
-    # before_total", "has_more_past_total", "total_not_reached").
+    # Envelopes that contradicted each other or the rows, by kind (see ``_pages``:
+    # "rows_past_total", "has_more_past_total", "offset_ignored", ...).
     inconsistent: list[str] = field(default_factory=list)
 
 
@@ -236,24 +236,21 @@ class NeoClient:
 
     def list_task_usage(self, *, since: datetime | None = None) -> Listing[TaskUsage]:
         """Every per-task aggregate row created since ``since``."""
-        params = {"from": _iso(since)} if since is not None else {}
-        return self._list(TASK_USAGES, params, _as_is, key=lambda r: r.task_id)
+        return self.map_task_usages(_as_is, since=since)
 
     def map_task_usages(
         self,
         convert: Callable[[TaskUsage, int | None], R],
         *,
-        since: datetime,
+        since: datetime | None = None,
+        key: Callable[[TaskUsage], str] = lambda row: row.task_id,
         fingerprint: Fingerprint | None = None,
         known: Mapping[str, int | None] | None = None,
     ) -> Listing[R]:
-        """``map_stream_usage`` over the per-task rows (each task's runs summed), for an
-        account whose per-stream rows cannot be read: rows keyed as the ledger keys a
-        task's row (``accounting.run_key``: ``task:<id>``)."""
-        return self._list(
-            TASK_USAGES, {"from": _iso(since)}, convert, key=_task_row_key, fp=fingerprint,
-            known=known,
-        )  # fmt: skip
+        """``map_stream_usage`` over the per-task rows (each task's runs summed), each
+        known by ``key`` (in ``known`` too)."""
+        params = {"from": _iso(since)} if since is not None else {}
+        return self._list(TASK_USAGES, params, convert, key=key, fp=fingerprint, known=known)
 
     def get_task_usage(self, task_id: str) -> TaskUsage:
         return self.read_task_usage(task_id)[0]
@@ -263,8 +260,7 @@ class NeoClient:
         (each costs only itself). An answer that is no row is asked again, like one cut
         short; still none, ApiPayloadError."""
         path = f"/api/v1/usage/tasks/{_quote(task_id)}"
-        found: tuple[TaskUsage, list[Defect]] = self._get(TASK_USAGE, path, decode=read_one_row)
-        return found
+        return self._get(TASK_USAGE, path, decode=read_one_row)  # type: ignore[no-any-return]
 
     def get_task(self, task_id: str) -> TaskDetails:
         body = self._get(TASK, f"/api/v1/tasks/{_quote(task_id)}")
@@ -505,10 +501,6 @@ class NeoClient:
 
 def _quote(value: str) -> str:
     return httpx.URL("/").copy_with(path="/" + value).raw_path.decode()[1:].replace("/", "%2F")
-
-
-def _task_row_key(row: TaskUsage) -> str:
-    return f"task:{row.task_id}"
 
 
 def _as_is(row: TaskUsage, fingerprint: int | None) -> TaskUsage:

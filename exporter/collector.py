@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -288,8 +289,8 @@ class UsageCollector:
             yield family
 
 
-# The balance's figures, in the order of catalogue.ACCOUNT.
-ACCOUNT_FIELDS = ("available", "issued", "used_since_reset", "expires_at", "last_reset", "expired")
+# The balance's figures, in the order of catalogue.ACCOUNT (BalanceFigures keeps it).
+ACCOUNT_FIELDS = tuple(f.name for f in dataclasses.fields(BalanceFigures))
 
 
 def _le(bound: float) -> str:

@@ -25,13 +25,21 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
 import msgspec
 
-from exporter.models import MAX_COUNT, MAX_CREDITS, RowCount, TaskUsage, ToolCall, decode_usage
+from exporter.models import (
+    MAX_COUNT,
+    RowCount,
+    TaskUsage,
+    ToolCall,
+    credit_amount,
+    decode_usage,
+    in_utc,
+)
 
 # What any decoder may raise on a value it cannot take.
 _UNREADABLE = (msgspec.DecodeError, msgspec.ValidationError, RecursionError, ValueError, TypeError)
@@ -167,24 +175,8 @@ def _ms(value: int | float) -> int:
     return value
 
 
-def _count(value: int) -> int:
-    if not 0 <= value <= MAX_COUNT:
-        raise ValueError(f"not a count from 0 to {MAX_COUNT}")
-    return value
-
-
-def _amount(value: Decimal) -> Decimal:
-    if not (value.is_finite() and 0 <= value <= MAX_CREDITS):
-        raise ValueError(f"not an amount from 0 to {MAX_CREDITS} credits")
-    return value
-
-
 def _text(value: str) -> str:
     return value
-
-
-def _moment(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _reader(kind: Any, check: Callable[[Any], Any]) -> Callable[[bytes], Any]:
@@ -200,9 +192,8 @@ def _reader(kind: Any, check: Callable[[Any], Any]) -> Callable[[bytes], Any]:
 _IDENT = msgspec.json.Decoder(
     Annotated[str, msgspec.Meta(min_length=1, max_length=256)], strict=False
 )
-_WHEN = _reader(datetime, _moment)
-_COUNT = _reader(int, _count)
-_CALL_INDEX = _COUNT
+_WHEN = _reader(datetime, in_utc)
+_COUNT = msgspec.json.Decoder(RowCount | None, strict=False).decode  # bounds of the model
 _CALL_DURATION = _reader(int | float, _ms)
 # Every field of TaskUsage the exporter reads, and how one is read alone.
 _FIELDS: dict[str, Callable[[bytes], Any]] = {
@@ -213,9 +204,9 @@ _FIELDS: dict[str, Callable[[bytes], Any]] = {
     "tool_calls": _COUNT,
     "agent_triggers": _COUNT,
     "stream_count": _COUNT,
-    "neo_credits": _reader(Decimal, _amount),
-    "llm_cost": _reader(Decimal, _amount),
-    "neo_cost": _reader(Decimal, _amount),
+    "neo_credits": _reader(Decimal, credit_amount),
+    "llm_cost": _reader(Decimal, credit_amount),
+    "neo_cost": _reader(Decimal, credit_amount),
     "llm_time_ms": _reader(int | float, _ms),
     "tool_time_ms": _reader(int | float, _ms),
     "total_execution_ms": _reader(int | float, _ms),
@@ -378,7 +369,7 @@ def _call(text: bytes, where: str, defect: Defects) -> ToolCall:
     index: int | None = None
     if "index" in members:
         try:
-            index = _CALL_INDEX(members["index"])
+            index = _COUNT(members["index"])
         except _UNREADABLE as exc:
             defect(f"{where}.index", _reason(exc))
     name = _optional(members.get("tool_name"), _FIELDS["model"])

@@ -99,13 +99,27 @@ class TaskUsage(msgspec.Struct, frozen=True, gc=False):
     tool_call_history: list[ToolCall] | None = None
 
     def __post_init__(self) -> None:
-        # A timestamp without zone is read as UTC rather than as local time.
         if self.created_at.tzinfo is None:
-            msgspec.structs.force_setattr(self, "created_at", self.created_at.replace(tzinfo=UTC))
+            msgspec.structs.force_setattr(self, "created_at", in_utc(self.created_at))
         for name in ("neo_credits", "llm_cost", "neo_cost"):
             amount = getattr(self, name)
-            if amount is not None and not (amount.is_finite() and 0 <= amount <= MAX_CREDITS):
-                raise ValueError(f"{name}: not an amount from 0 to {MAX_CREDITS} credits")
+            if amount is not None:
+                try:
+                    credit_amount(amount)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
+
+
+def in_utc(moment: datetime) -> datetime:
+    """A timestamp without zone is read as UTC rather than as local time."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def credit_amount(amount: Decimal) -> Decimal:
+    """``amount`` if it is one a run can cost (see MAX_CREDITS); ValueError if not."""
+    if not (amount.is_finite() and 0 <= amount <= MAX_CREDITS):
+        raise ValueError(f"not an amount from 0 to {MAX_CREDITS} credits")
+    return amount
 
 
 _USAGE = msgspec.json.Decoder(TaskUsage, strict=False)

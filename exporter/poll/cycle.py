@@ -18,6 +18,7 @@ from exporter.accounting import (
     apply,
     confirm_start,
     hold_in_doubt,
+    is_task_run,
 )
 from exporter.client import Listing
 from exporter.errors import ApiError, ApiStatusError, NotFound
@@ -118,17 +119,9 @@ class PollCycle:
 
     def take(self, listing: Listing[Observation]) -> None:
         """A listing's rows into the poll's rows; its problems into the report."""
-        report = self.report
-        report.pages += listing.pages
-        report.unchanged += len(listing.unchanged)
-        for bad in listing.invalid:
-            self.metrics.errors.labels("invalid_row").inc()
-            report.invalid_rows += 1
-            report.warnings.append(f"{bad.task_id}: {bad.reason}")
-        self.fetch.defects(listing.defects, report)
-        for kind in listing.inconsistent:
-            self.metrics.errors.labels("paging_inconsistent").inc()
-            report.warnings.append(f"paging: {kind}")
+        self.report.pages += listing.pages
+        self.report.unchanged += len(listing.unchanged)
+        self.fetch.problems(listing, self.report)
         rows = self.rows
         for row in listing.rows:
             held = rows.get(row.stream_id)
@@ -204,7 +197,7 @@ class PollCycle:
         older = {
             key: row.task_id
             for key, row in self.rows.items()
-            if row.started_at < baseline and not key.startswith("task:")
+            if row.started_at < baseline and not is_task_run(key)
         }
         if not older:
             return

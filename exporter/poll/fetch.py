@@ -10,7 +10,7 @@ from typing import TypeVar
 import msgspec
 import structlog
 
-from exporter.accounting import Observation, row_fingerprint
+from exporter.accounting import Observation, row_fingerprint, task_run_key
 from exporter.client import Listing, NeoClient
 from exporter.decoding import Defect
 from exporter.errors import ApiError, ApiStatusError, NotFound
@@ -79,8 +79,9 @@ class Fetcher:
                     action="counting per task from /api/v1/usage/tasks until restarted",
                 )  # fmt: skip
         return self.client.map_task_usages(
-            task_run, since=moment, fingerprint=row_fingerprint, known=self.fingerprints
-        )
+            task_run, since=moment, key=lambda row: task_run_key(row.task_id),
+            fingerprint=row_fingerprint, known=self.fingerprints,
+        )  # fmt: skip
 
     def task_runs(self, task_ids: Iterable[str]) -> Outcome[Listing[Observation]]:
         """Every run of each task, read by task ID."""
@@ -92,6 +93,18 @@ class Fetcher:
     def usage(self, task_ids: Iterable[str]) -> Outcome[tuple[TaskUsage, list[Defect]]]:
         """Each task's usage summed over its runs, with the values that could not be read."""
         return self._each(self.client.read_task_usage, task_ids)
+
+    def problems(self, listing: Listing[Observation], report: PollReport) -> None:
+        """Count and report what a listing could not read: rows that cannot be placed
+        (each skipped alone), values read as not reported, envelopes that contradict."""
+        for bad in listing.invalid:
+            self.metrics.errors.labels("invalid_row").inc()
+            report.invalid_rows += 1
+            report.warnings.append(f"{bad.task_id}: {bad.reason}")
+        self.defects(listing.defects, report)
+        for kind in listing.inconsistent:
+            self.metrics.errors.labels("paging_inconsistent").inc()
+            report.warnings.append(f"paging: {kind}")
 
     def defects(self, defects: Iterable[Defect], report: PollReport) -> None:
         """Count and log values read as not reported (each costs only itself)."""
@@ -131,7 +144,7 @@ class Fetcher:
         if self.per_task:  # the task's own row, as one run
             row, defects = self.client.read_task_usage(task_id)
             listing: Listing[Observation] = Listing(pages=1, defects=defects)
-            key, digest = f"task:{task_id}", row_fingerprint(row)
+            key, digest = task_run_key(task_id), row_fingerprint(row)
             if digest is not None and self.fingerprints.get(key, -1) == digest:
                 listing.unchanged.add(key)
             else:

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from exporter.accounting import NON_TERMINAL
+from exporter.accounting import NON_TERMINAL, task_run_key
 from exporter.ledger import TaskRecord
 from exporter.models import TaskDetails, TaskInfo
 from exporter.poll.timing import Timing
@@ -122,7 +122,7 @@ def per_task_awaited(awaited: Mapping[str, Awaited]) -> dict[str, Awaited]:
     """Where runs are counted per task (``Fetcher.per_task``), a task awaits its own
     row (``task:<id>``), not its streams, which no row of the ledger is keyed by."""
     return {
-        task_id: Awaited(frozenset({f"task:{task_id}"}), held.since)
+        task_id: Awaited(frozenset({task_run_key(task_id)}), held.since)
         for task_id, held in awaited.items()
         if held.runs
     }
