@@ -23,7 +23,7 @@ from exporter.histograms import Exemplar, ExemplarKey, Histogram, Labels, Series
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 RECOVERY = (
     "the exporter will not start from zero on its own, because that would count every run "
     "in the lookback window a second time. Restore the file from a backup, or move it aside "
@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY, model TEXT NOT NULL, status TEXT NOT NULL,
     last_activity REAL NOT NULL, active INTEGER NOT NULL,
     awaiting TEXT NOT NULL DEFAULT '[]', awaiting_since REAL NOT NULL DEFAULT 0,
-    follow_until REAL NOT NULL DEFAULT 0
+    follow_until REAL NOT NULL DEFAULT 0, listed_whole REAL NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 """
 RUN_COLUMNS = (
@@ -87,11 +87,14 @@ _KEYS_OF_VERSION_3 = (
     ("neo_task_run_credits", "run_credits"),
     ("neo_task_run_execution_seconds", "run_execution"),
 )
-_TO_4 = tuple(
+_RENAMED_IN_4 = tuple(
     f"UPDATE {table} SET name = '{key}' WHERE name = '{name}'"  # noqa: S608 - constants
     for table in ("counters", "histograms")
     for name, key in _KEYS_OF_VERSION_3
 )
+# Version 4 lacked tasks.listed_whole (its tasks were never listed whole).
+_TO_5 = ("ALTER TABLE tasks ADD COLUMN listed_whole REAL NOT NULL DEFAULT 0",)
+_TO_4 = (*_RENAMED_IN_4, *_TO_5)
 _TO_3 = ("ALTER TABLE runs ADD COLUMN unconfirmed TEXT", *_TO_4)
 MIGRATIONS = {
     "1": (
@@ -103,6 +106,7 @@ MIGRATIONS = {
     ),
     "2": _TO_3,
     "3": _TO_4,
+    "4": _TO_5,
 }
 # Runs are evicted from memory by start, this many seconds of starts at a time.
 EVICT_BUCKET = 600
@@ -122,6 +126,9 @@ class TaskRecord(NamedTuple):
     # Runs that finished outside the listed window may still settle (grow once more):
     # their task's usage is read by ID until this unix time.
     follow_until: float = 0.0
+    # When all the task's runs were first listed by its ID (unix time; 0: never). A run
+    # of the task that listing did not show started after it, whatever its row says.
+    listed_whole: float = 0.0
 
     @property
     def flagged(self) -> bool:
@@ -166,13 +173,15 @@ def _ranges_json(ranges: list[list[int]]) -> str:
     return _to_json(ranges)
 
 
-TASK_COLUMNS = "model, status, last_activity, active, awaiting, awaiting_since, follow_until"
+TASK_COLUMNS = (
+    "model, status, last_activity, active, awaiting, awaiting_since, follow_until, listed_whole"
+)
 
 
 def _task_record(columns: Sequence[Any], shared: dict[str, str]) -> TaskRecord:
     """A task's record from its TASK_COLUMNS; ``shared`` keeps one copy of each model
     and status string across many tasks."""
-    model, status, last, active, awaiting, since, until = columns
+    model, status, last, active, awaiting, since, until, whole = columns
     return TaskRecord(
         shared.setdefault(model, model),
         shared.setdefault(status, status),
@@ -181,6 +190,7 @@ def _task_record(columns: Sequence[Any], shared: dict[str, str]) -> TaskRecord:
         () if awaiting == "[]" else tuple(json.loads(awaiting)),
         since or 0.0,  # the shared zero: most tasks await and follow nothing
         until or 0.0,
+        whole or 0.0,
     )
 
 
@@ -552,7 +562,7 @@ class Ledger:
             )
             db.executemany("INSERT OR IGNORE INTO label_values VALUES (?, ?)", new_labels)
             db.executemany(
-                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         t,
@@ -563,6 +573,7 @@ class Ledger:
                         _to_json(r.awaiting) if r.awaiting else "[]",
                         r.awaiting_since,
                         r.follow_until,
+                        r.listed_whole,
                     )
                     for t, r in changes.tasks.items()
                 ],

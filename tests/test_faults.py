@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -187,15 +189,53 @@ def continue_pinned_old_tasks(rig: Rig, truth: Truth, count: int) -> tuple[Polle
     """Rows dated by their task: old tasks, pinned and polled once, then continued (each
     new run starts now, and its row carries its task's old date). Sixty of them give new
     runs that last up to an hour."""
-    old = {s.task_id for s in rig.world.visible_streams() if s.started_at < START - OLD}
-    tasks = set(sorted(old)[:count])
-    rig.pinned = tuple(sorted(tasks))
-    poller = rig.open()
-    assert poller.poll_safely() is not None
-    truth.after_poll(rig.ledger)  # type: ignore[arg-type]
+    tasks = pin_old_tasks(rig, count)
+    poller, _ = first_poll(rig, truth)
     for task_id in tasks:
         rig.world.continue_task(task_id)
     return poller, tasks
+
+
+class FirstSeen(NamedTuple):
+    poller: Poller
+    tasks: set[str]
+    report: PollReport  # of the first poll
+    runs: set[str]  # the tasks' runs in the first listing of them, old and new
+    new: set[str]  # those that continued the tasks
+
+
+def first_seen_running(rig: Rig, truth: Truth, count: int, details: int) -> FirstSeen:
+    """Rows dated by their task, and shown while their runs are in progress: old tasks
+    continued a minute before the first poll, which reads them (pinned) while task
+    details answer ``details``: their new runs are in the first listing of all their
+    task's runs, and only details can tell that they started after the baseline."""
+    tasks = pin_old_tasks(rig, count)
+    for task_id in tasks:
+        rig.world.continue_task(task_id)
+    rig.clock.advance(60)
+    rig.api.faults.down[DETAILS] = details
+    poller, report = first_poll(rig, truth)
+    streams = [s for s in rig.world.visible_streams() if s.task_id in tasks]
+    new = {s.stream_id for s in streams if s.started_at.timestamp() >= rig.baseline}
+    assert new >= new_runs(rig, tasks).keys()
+    runs = {s.stream_id for s in streams}
+    assert held(rig, {s.stream_id: s for s in streams}).keys() == runs
+    return FirstSeen(poller, tasks, report, runs, new)
+
+
+def pin_old_tasks(rig: Rig, count: int) -> set[str]:
+    old = {s.task_id for s in rig.world.visible_streams() if s.started_at < START - OLD}
+    tasks = set(sorted(old)[:count])
+    rig.pinned = tuple(sorted(tasks))
+    return tasks
+
+
+def first_poll(rig: Rig, truth: Truth) -> tuple[Poller, PollReport]:
+    poller = rig.open()
+    report = poller.poll_safely()
+    assert report is not None
+    truth.after_poll(rig.ledger)  # type: ignore[arg-type]
+    return poller, report
 
 
 def polls(rig: Rig, poller: Poller, truth: Truth, count: int) -> PollReport:
@@ -240,12 +280,20 @@ def indices(calls: int) -> list[list[int]]:
 
 
 def assert_counted_from_first_sight(
-    rig: Rig, truth: Truth, tasks: set[str], *, in_doubt: bool = True
+    rig: Rig,
+    truth: Truth,
+    tasks: set[str],
+    *,
+    in_doubt: bool = True,
+    only: Collection[str] | None = None,
 ) -> None:
-    """The tasks' new runs are taken for history (in doubt, or for good): what they held
-    when first seen is not counted, and everything they grew after that is."""
+    """The tasks' new runs (``only`` those) are taken for history (in doubt, or for
+    good): what they held when first seen is not counted, and everything they grew after
+    that is."""
     assert rig.ledger is not None
     new = new_runs(rig, tasks)
+    if only is not None:
+        new = {s: stream for s, stream in new.items() if s in only}
     grown = 0
     for stream_id, run in held(rig, new).items():
         now, first = new[stream_id], truth.first_seen[stream_id]
@@ -266,15 +314,29 @@ def assert_counted_from_first_sight(
     assert grown > 0, "some runs should have grown while their tasks did not answer"
 
 
-def assert_counted_in_full(rig: Rig, truth: Truth, tasks: set[str]) -> None:
+def assert_counted_in_full(
+    rig: Rig,
+    truth: Truth,
+    tasks: set[str],
+    *,
+    only: Collection[str] | None = None,
+    exact_start: bool = True,
+) -> None:
+    """The tasks' new runs (``only`` those) have ended and count in full, and every run
+    seen is exact. ``exact_start``: their start is known (from task details), else only
+    that it is after the baseline."""
     new = new_runs(rig, tasks)
+    if only is not None:
+        new = {s: stream for s, stream in new.items() if s in only}
     assert all(s.status not in NON_TERMINAL for s in new.values()), "the runs should have ended"
     for stream_id, run in held(rig, new).items():
         stream = new[stream_id]
         assert (run.baselined, run.finished, run.unconfirmed, run.uncounted) == (
             False, True, None, None,
         )  # fmt: skip
-        assert run.started_at == stream.started_at.timestamp()
+        if exact_start:
+            assert run.started_at == stream.started_at.timestamp()
+        assert run.started_at >= rig.baseline
         assert (run.credits, run.steps, run.tool_calls, run.exec_ms) == (
             int(stream.credits * NANO), stream.steps, stream.tool_calls, stream.exec_ms,
         )  # fmt: skip
@@ -296,24 +358,26 @@ def test_a_run_of_uncertain_start_counts_in_full_once_its_task_answers(tmp_path:
     run counts in full: its first-sight values, tool calls and the run itself too."""
     for rig in make_rig(tmp_path, stream_created_at="task", live_rows=True):
         truth = Truth(rig.world)
-        poller, tasks = continue_pinned_old_tasks(rig, truth, 60)
-        rig.api.faults.down[DETAILS] = 503
-        report = polls(rig, poller, truth, 4)
-        doubted = new_runs(rig, tasks).keys()
-        assert report.unconfirmed_rows == len(doubted) > 0
-        assert_counted_from_first_sight(rig, truth, tasks)
+        seen = first_seen_running(rig, truth, 60, details=503)
+        poller, tasks, report, doubted = seen.poller, seen.tasks, seen.report, seen.new
+        # All their runs are in doubt: the old ones too, until details tell their start.
+        assert report.unconfirmed_rows == len(seen.runs) > len(doubted) > 0
+        assert polls(rig, poller, truth, 4).unconfirmed_rows == 0
+        assert_counted_from_first_sight(rig, truth, tasks, only=doubted)
         assert rig.ledger is not None
-        assert {s for t in tasks for s in rig.ledger.tasks[t].awaiting} == doubted
+        assert {s for t in tasks for s in rig.ledger.tasks[t].awaiting} == seen.runs
 
         rig.api.faults.down.clear()
         report = polls(rig, poller, truth, 1)
-        running = {k for k, s in new_runs(rig, tasks).items() if s.status in NON_TERMINAL}
+        # Running by their task's details (a run's row may stay in progress for a while
+        # after it ended, and details that call it finished have it awaited meanwhile).
+        running = {k for k, s in new_runs(rig, tasks).items() if s.finished_at is None}
         assert running & doubted, "some runs should still be running when confirmed"
         # Confirmed, a running run is no longer awaited: its task's details tell its end.
         assert not running & {s for t in tasks for s in rig.ledger.tasks[t].awaiting}
         report.runs_confirmed += polls(rig, poller, truth, 35).runs_confirmed
-        assert (report.unconfirmed_rows, report.runs_confirmed) == (0, len(doubted))
-        assert_counted_in_full(rig, truth, tasks)
+        assert report.runs_confirmed == len(doubted)
+        assert_counted_in_full(rig, truth, tasks, only=doubted)
         assert not any(rig.ledger.tasks[t].awaiting for t in tasks)
 
 
@@ -323,58 +387,84 @@ def test_a_run_of_uncertain_start_counts_its_growth_however_long_its_task_is_dow
     """Task details down for longer than the exporter asks them (an hour, with a short
     lookback): the run counts as history for good, from its first sight on, as its row
     says (a backfill adds what it held then), and its task is no longer read for it."""
-    for rig in make_rig(tmp_path, stream_created_at="task"):
+    for rig in make_rig(tmp_path, stream_created_at="task", live_rows=True):
         truth = Truth(rig.world)
-        poller, tasks = continue_pinned_old_tasks(rig, truth, 20)
+        poller, tasks, _, _, first = first_seen_running(rig, truth, 20, details=503)
         # The exporter gives up on an awaited run after an hour.
         poller.timing = replace(poller.timing, lookback=900)
-        rig.api.faults.down[DETAILS] = 503
-        polls(rig, poller, truth, 20)  # continuations start over 25 minutes
-        assert_counted_from_first_sight(rig, truth, tasks, in_doubt=False)
+        polls(rig, poller, truth, 20)
+        assert_counted_from_first_sight(rig, truth, tasks, in_doubt=False, only=first)
         assert rig.ledger is not None
         assert not any(rig.ledger.tasks[t].awaiting for t in tasks)
         assert value(poller.metrics, "neo_exporter_errors_total", reason="usage_missing") == 0
 
         rig.api.faults.down.clear()
         assert polls(rig, poller, truth, 12).runs_confirmed == 0
-        assert_counted_from_first_sight(rig, truth, tasks, in_doubt=False)
+        assert_counted_from_first_sight(rig, truth, tasks, in_doubt=False, only=first)
 
 
 def test_a_row_whose_task_never_answers_is_taken_at_its_word(tmp_path: Path) -> None:
     """Task details that answer 404 (a teammate's task, say) never will: the row is taken
     at its word, as history, with no doubt left to resolve."""
-    for rig in make_rig(tmp_path, stream_created_at="task"):
+    for rig in make_rig(tmp_path, stream_created_at="task", live_rows=True):
         truth = Truth(rig.world)
-        poller, tasks = continue_pinned_old_tasks(rig, truth, 20)
-        rig.api.faults.down[DETAILS] = 404
-        assert polls(rig, poller, truth, 36).unconfirmed_rows == 0
-        runs = held(rig, new_runs(rig, tasks))
+        seen = first_seen_running(rig, truth, 20, details=404)
+        report = polls(rig, seen.poller, truth, 36)
+        assert seen.report.unconfirmed_rows + report.unconfirmed_rows == 0
+        runs = held(rig, {s: st for s, st in new_runs(rig, seen.tasks).items() if s in seen.new})
         assert all(run.baselined and run.unconfirmed is None for run in runs.values())
 
 
-def test_a_run_is_given_up_an_hour_after_its_own_first_sight(tmp_path: Path) -> None:
-    """A task's second run, first seen in doubt while the task still awaits its first one
-    (details down for 50 minutes), is not given up with the first: once details answer,
-    it counts in full."""
+def test_a_later_run_of_a_task_listed_whole_counts_in_full_while_details_are_down(
+    tmp_path: Path,
+) -> None:
+    """A task whose first runs are in doubt (details down) is continued again: the first
+    listing of all its runs did not show the new run, so it started after the baseline,
+    whatever its row says; it counts in full at once, and the first runs are given up an
+    hour after their own first sight, as history for good."""
     for rig in make_rig(tmp_path, stream_created_at="task", live_rows=True):
         truth = Truth(rig.world)
-        poller, tasks = continue_pinned_old_tasks(rig, truth, 20)
+        poller, tasks, _, _, first = first_seen_running(rig, truth, 20, details=503)
         # The exporter gives up on an awaited run after an hour.
         poller.timing = replace(poller.timing, lookback=900)
-        rig.api.faults.down[DETAILS] = 503
         polls(rig, poller, truth, 10)
-        first = new_runs(rig, tasks).keys()
+        before = new_runs(rig, tasks).keys()
         for task_id in tasks:
             rig.world.continue_task(task_id)
         polls(rig, poller, truth, 4)  # past the hour since the first runs' first sight
-        second = new_runs(rig, tasks).keys() - first
+        second = new_runs(rig, tasks).keys() - before
         assert rig.ledger is not None
         runs = rig.ledger.load_runs(second)
         assert len(runs) == len(second) > 0
-        assert all(run.unconfirmed is not None for run in runs.values())
-        rig.api.faults.down.clear()
-        assert polls(rig, poller, truth, 12).runs_confirmed >= len(second)
-        assert not any(run.baselined for run in rig.ledger.load_runs(second).values())
+        assert all(not run.baselined and run.unconfirmed is None for run in runs.values())
+        given_up = rig.ledger.load_runs(first).values()
+        assert all(run.baselined and run.unconfirmed is None for run in given_up)
+        polls(rig, poller, truth, 12)
+        # Each exact in full. (Not every run of the world: with a 15-minute lookback,
+        # runs of other tasks longer than that are followed only as far as it reaches.)
+        world = new_runs(rig, tasks)
+        for stream_id, run in rig.ledger.load_runs(second).items():
+            stream = world[stream_id]
+            assert (run.finished, run.uncounted) == (True, None)
+            assert (run.credits, run.steps, run.tool_calls, run.exec_ms) == (
+                int(stream.credits * NANO), stream.steps, stream.tool_calls, stream.exec_ms,
+            )  # fmt: skip
+
+
+@pytest.mark.parametrize("live_rows", [True, False])
+@pytest.mark.parametrize("details", [404, 503])
+def test_continued_pinned_tasks_count_in_full_whatever_their_rows_say(
+    tmp_path: Path, live_rows: bool, details: int
+) -> None:
+    """Rows dated by their task, and task details that never answer (a teammate's private
+    task) or are down: the runs of pinned old tasks continued after their first listing
+    are new, since that listing did not show them, and count in full, exactly."""
+    for rig in make_rig(tmp_path, stream_created_at="task", live_rows=live_rows):
+        truth = Truth(rig.world)
+        poller, tasks = continue_pinned_old_tasks(rig, truth, 40)
+        rig.api.faults.down[DETAILS] = details
+        assert polls(rig, poller, truth, 36).unconfirmed_rows == 0
+        assert_counted_in_full(rig, truth, tasks, exact_start=False)
 
 
 def test_a_running_run_taken_at_its_word_stays_awaited_until_it_ends(tmp_path: Path) -> None:
@@ -383,8 +473,7 @@ def test_a_running_run_taken_at_its_word_stays_awaited_until_it_ends(tmp_path: P
     by ID, unpinned and with rows dated too early for any listing, until they finish."""
     for rig in make_rig(tmp_path, stream_created_at="task", live_rows=True):
         truth = Truth(rig.world)
-        poller, tasks = continue_pinned_old_tasks(rig, truth, 60)
-        rig.api.faults.down[DETAILS] = 503
+        poller, tasks, *_ = first_seen_running(rig, truth, 60, details=503)
         polls(rig, poller, truth, 2)
         doubted = held(rig, new_runs(rig, tasks)).keys()
         poller.pinned = ()  # from now on read by ID only while awaited

@@ -191,7 +191,7 @@ def test_a_version_1_ledger_is_migrated_in_place(ledger: Ledger, state_path: Pat
     ledger.close()
     migrated = as_written_by_version(
         state_path, "1", "runs.uncounted", "runs.unconfirmed", "tasks.awaiting",
-        "tasks.awaiting_since", "tasks.follow_until",
+        "tasks.awaiting_since", "tasks.follow_until", "tasks.listed_whole",
     )  # fmt: skip
     assert migrated.counters == totals
     assert migrated.tasks["task-1"] == TaskRecord("sonnet-4.6", "completed", 1.0, active=False)
@@ -207,7 +207,7 @@ def test_a_version_2_ledger_is_migrated_in_place(ledger: Ledger, state_path: Pat
     ledger.commit(changes_for(ledger, usage_row()))
     totals = dict(ledger.counters)
     ledger.close()
-    migrated = as_written_by_version(state_path, "2", "runs.unconfirmed")
+    migrated = as_written_by_version(state_path, "2", "runs.unconfirmed", "tasks.listed_whole")
     assert migrated.counters == totals
     run = migrated.load_runs(["stream-1"])["stream-1"]
     assert (run.unconfirmed, run.credits) == (None, 1_250_000_000)
@@ -384,6 +384,22 @@ def test_a_renamed_family_keeps_its_totals(
     reopened.close()
 
 
+def test_a_version_4_ledger_has_tasks_never_listed_whole(ledger: Ledger, state_path: Path) -> None:
+    """Version 4 lacked tasks.listed_whole: its tasks keep their records, none listed whole,
+    and a task listed whole later keeps that time across a reopening."""
+    changes = changes_for(ledger, usage_row())
+    changes.tasks["task-1"] = TaskRecord("sonnet-4.6", "completed", 1.0, active=False)
+    ledger.commit(changes)
+    ledger.close()
+    migrated = as_written_by_version(state_path, "4", "tasks.listed_whole")
+    assert migrated.tasks["task-1"] == TaskRecord("sonnet-4.6", "completed", 1.0, active=False)
+    assert migrated.tasks["task-1"].listed_whole == 0.0
+    record = migrated.tasks["task-1"]._replace(listed_whole=2.5)
+    migrated.commit(PollChanges(tasks={"task-1": record}))
+    migrated.close()
+    assert reopen(state_path).task("task-1") == record
+
+
 def test_a_version_3_ledger_keyed_by_exposition_name_is_migrated(
     ledger: Ledger, state_path: Path
 ) -> None:
@@ -398,7 +414,7 @@ def test_a_version_3_ledger_keyed_by_exposition_name_is_migrated(
             db.execute(f"UPDATE {table} SET name = ? WHERE name = ?", (spec.name, spec.key))
     db.commit()
     db.close()
-    migrated = as_written_by_version(state_path, "3")
+    migrated = as_written_by_version(state_path, "3", "tasks.listed_whole")
     assert migrated.counters == counters
     assert {k: (h.count, h.sum) for k, h in migrated.histograms.items()} == {
         k: (h.count, h.sum) for k, h in histograms.items()

@@ -46,8 +46,13 @@ class Truth:
     first_seen: dict[str, StreamTruth] = field(default_factory=dict)
 
     def after_poll(self, ledger: Ledger) -> None:
-        for stream in self.world.visible_streams():
-            if stream.stream_id in ledger.fingerprints and stream.stream_id not in self.first_seen:
+        unseen = [s for s in self.world.visible_streams() if s.stream_id not in self.first_seen]
+        # Runs in memory, and those evicted to the file (started long ago, by their row).
+        held = ledger.fingerprints.keys()
+        if any(s.stream_id not in held for s in unseen):
+            held = held | {str(row[0]) for row in ledger.query("SELECT stream_id FROM runs")}
+        for stream in unseen:
+            if stream.stream_id in held:
                 self.first_seen[stream.stream_id] = stream
 
     def expected(

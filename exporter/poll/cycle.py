@@ -43,6 +43,7 @@ from exporter.poll.policy import (
     settled_record,
     settling_tasks,
     sort_waiting,
+    started_unlisted,
     tasks_to_read,
 )
 from exporter.poll.report import PollReport
@@ -95,6 +96,7 @@ class PollCycle:
         self.details: dict[str, TaskDetails] = {}
         self.gone: set[str] = set()
         self.unanswered: set[str] = set()
+        self.whole: set[str] = set()  # tasks all of whose runs were listed by ID
 
     def run(self) -> PollChanges:
         """The poll's data path; returns what to commit."""
@@ -151,12 +153,7 @@ class PollCycle:
             if self.ledger.meta.get(key) != text:
                 meta[key] = text
                 changed.append(task_id)
-        for task_id, listing in self.fetch.task_runs(changed).items():
-            self.report.task_requests += 1
-            if isinstance(listing, ApiError):
-                self.fetch.failed(task_id, listing, self.report)
-            else:
-                self.take(listing)
+        self.take_task_runs(changed, gone_if_missing=False)
         return meta
 
     def follow_live_tasks(self) -> dict[str, TaskInfo]:
@@ -243,15 +240,23 @@ class PollCycle:
         done |= {s for s in wanted & self.rows.keys() if self.rows[s].status not in NON_TERMINAL}
         following = [task_id for task_id, r in flagged if r.follow_until > self.stamp]
         wanted_tasks = tasks_to_read(awaited, frozenset(done), following, frozenset(self.gone))
-        for task_id, listing in self.fetch.task_runs(wanted_tasks).items():
+        self.take_task_runs(wanted_tasks, gone_if_missing=True)
+        return awaited, frozenset(done)
+
+    def take_task_runs(self, task_ids: Iterable[str], *, gone_if_missing: bool) -> None:
+        """Every run of each task, read by its ID, into the poll's rows. A listing that
+        answered with every row readable shows all the task's runs (``whole``); one that
+        answered 404 means the task is gone, where ``gone_if_missing``."""
+        for task_id, listing in self.fetch.task_runs(task_ids).items():
             self.report.task_requests += 1
             if isinstance(listing, ApiError):
                 self.fetch.failed(task_id, listing, self.report)
-                if isinstance(listing, NotFound):
+                if gone_if_missing and isinstance(listing, NotFound):
                     self.gone.add(task_id)
-            else:
-                self.take(listing)
-        return awaited, frozenset(done)
+                continue
+            self.take(listing)
+            if not listing.invalid:
+                self.whole.add(task_id)
 
     # -- counting -----------------------------------------------------------------------
 
@@ -264,12 +269,7 @@ class PollCycle:
         poll, and when it answers that the run started after the baseline, the run is
         counted in full from then on (``accounting.count_in_full``).
         """
-        report, baseline, stamp, unanswered = (
-            self.report,
-            self.baseline,
-            self.stamp,
-            self.unanswered,
-        )
+        report, baseline, unanswered = self.report, self.baseline, self.unanswered
         rows = self.rows
         starts = {
             stream.stream_id: stream.created_at.timestamp()
@@ -283,10 +283,12 @@ class PollCycle:
         deltas, guard, known, tasks = fold.deltas, self.ledger.guard, self.ledger.task, fold.tasks
         for key, obs in rows.items():  # every row of the poll: kept lean
             listed_at = obs.started_at  # the row's own date, by which listings find it
+            old = states.get(key)
             started = starts.get(key, listed_at)
+            if old is None and started < baseline and key not in starts:
+                started = self._started_unlisted(obs, baseline)
             if started != listed_at:
                 obs = dataclasses.replace(obs, started_at=started)  # noqa: PLW2901
-            old = states.get(key)
             was_finished = old is not None and old.finished  # apply updates old in place
             confirming = (
                 old is not None and old.unconfirmed is not None and obs.task_id not in unanswered
@@ -315,11 +317,43 @@ class PollCycle:
             )
             if record is not None:
                 tasks[task_id] = record
+        fold.tasks = self._task_records(tasks, listed)
+        report.rows = len(rows)
+        return fold
+
+    def _task_records(
+        self, from_rows: Mapping[str, TaskRecord], listed: Mapping[str, TaskInfo]
+    ) -> dict[str, TaskRecord]:
+        """The records of the tasks of the poll: from their rows (``from_rows``), then
+        from the task list and task details, which say more; and when all their runs
+        were first listed by ID."""
+        known, stamp = self.ledger.task, self.stamp
+        tasks = dict(from_rows)
         infos = [*listed.items(), *((t, d.task) for t, d in self.details.items())]
         for task_id, task in infos:
             tasks[task_id] = record_from_info(tasks.get(task_id) or known(task_id), task, stamp)
-        report.rows = len(rows)
-        return fold
+        for task_id in self.whole - self.gone:  # the first listing of all its runs
+            record = tasks.get(task_id) or known(task_id)
+            if record is not None and not record.listed_whole:
+                tasks[task_id] = record._replace(listed_whole=stamp)
+        return tasks
+
+    def _started_unlisted(self, obs: Observation, baseline: float) -> float:
+        """The start of a new run whose row dates it before the baseline and whose
+        task's details did not tell it: after the first listing of all its task's runs,
+        if that listing did not show it (``policy.started_unlisted``)."""
+        if is_task_run(obs.stream_id):
+            return obs.started_at  # a task's own row, dated by its task
+        record = self.ledger.task(obs.task_id)
+        if record is None or not record.listed_whole:
+            return obs.started_at
+        started = started_unlisted(obs.started_at, record.listed_whole, baseline)
+        self.report.runs_after_listing += 1
+        log.info(
+            "run_started_after_listing", task_id=obs.task_id, stream_id=obs.stream_id,
+            listed_whole=record.listed_whole,
+        )  # fmt: skip
+        return started
 
     def _doubt(self, state: RunState, *, first: bool) -> None:
         hold_in_doubt(state, first, self.stamp)

@@ -268,7 +268,8 @@ def record_from_row(
     if prior is not None and started < prior.last_activity:
         return None
     shown = DETAILS_STATUS.get(status, status)
-    return TaskRecord(model, shown, started, shown in LIVE_TASK_STATUSES)
+    whole = prior.listed_whole if prior else 0.0
+    return TaskRecord(model, shown, started, shown in LIVE_TASK_STATUSES, listed_whole=whole)
 
 
 def record_from_info(prior: TaskRecord | None, task: TaskInfo, stamp: float) -> TaskRecord:
@@ -277,4 +278,16 @@ def record_from_info(prior: TaskRecord | None, task: TaskInfo, stamp: float) -> 
     model = task.model or (prior.model if prior else "unknown")
     live = status in LIVE_TASK_STATUSES
     last = stamp if live else (prior.last_activity if prior else 0.0)
-    return TaskRecord(model, status, last, active=live)
+    whole = prior.listed_whole if prior else 0.0
+    return TaskRecord(model, status, last, active=live, listed_whole=whole)
+
+
+def started_unlisted(row_start: float, listed_whole: float, baseline: float) -> float:
+    """The start of a run new to the ledger, as far as its task's listings tell, when
+    its task's details did not tell it. A run that the first listing of all its task's
+    runs (at ``listed_whole``) did not show started after that listing, whatever the
+    date on its row: rows may carry their task's date. A row that dates it since the
+    baseline is new anyway, and taken at its word."""
+    if listed_whole and row_start < baseline:
+        return max(row_start, listed_whole)
+    return row_start

@@ -19,5 +19,6 @@ class PollReport:
     task_requests: int = 0
     unconfirmed_rows: int = 0  # new rows taken for history until their task tells
     runs_confirmed: int = 0  # runs so taken that their task showed to be new after all
+    runs_after_listing: int = 0  # new runs dated by the listing of their task that missed them
     full_listing: bool = True  # the whole lookback window was listed
     warnings: list[str] = field(default_factory=list)
