@@ -7,7 +7,6 @@ subprocesses; a missing one fails the test with how to install it, never skips.
 from __future__ import annotations
 
 import http.server
-import importlib.util
 import json
 import os
 import re
@@ -18,7 +17,6 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -31,7 +29,10 @@ from tests.deploy_files import (
     dashboard,
     dashboard_panels,
     dashboard_queries,
+    load_module,
     load_yaml,
+    promql_metric_names,
+    promql_selectors,
     rule_groups,
 )
 
@@ -89,70 +90,6 @@ def require_tool(name: str) -> str:
 
 def run(*command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-
-
-def load_module(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-# --- PromQL: just enough parsing to find the series a query reads ----------------------
-
-_TOKEN = re.compile(
-    r"""
-      (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
-    | (?P<matchers>\{(?:"(?:[^"\\]|\\.)*"|[^}"])*\})
-    | (?P<range>\[[^\]]*\])
-    | (?P<duration>(?:\d+(?:ms|[smhdwy]))+)
-    | (?P<number>\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)
-    | (?P<ident>[A-Za-z_:][\w:]*)
-    | (?P<space>\s+)
-    | (?P<other>.)
-    """,
-    re.VERBOSE,
-)
-_KEYWORDS = frozenset(
-    {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right"}
-    | {"offset", "bool", "inf", "nan", "atan2"}
-)
-_LABEL_LISTS = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right"})
-
-
-def promql_selectors(expr: str) -> list[tuple[str, str]]:
-    """(metric name, matchers text) of every series selector in a PromQL expression."""
-    tokens = [
-        (m.lastgroup, m.group())
-        for m in _TOKEN.finditer(expr)
-        if m.lastgroup not in ("space", "string")
-    ]
-    selectors: list[tuple[str, str]] = []
-    index = 0
-    while index < len(tokens):
-        kind, text = tokens[index]
-        following = tokens[index + 1] if index + 1 < len(tokens) else (None, "")
-        if kind == "ident" and text.lower() in _LABEL_LISTS and following[1] == "(":
-            # A label list such as "by (model, le)": its names are labels, not metrics.
-            while index < len(tokens) and tokens[index][1] != ")":
-                index += 1
-        elif (
-            kind == "ident"
-            and text.lower() not in _KEYWORDS
-            # Functions are followed by "(", aggregations possibly by "by (...)" first.
-            and following[1] != "("
-            and following[1].lower() not in ("by", "without")
-        ):
-            matchers = following[1] if following[0] == "matchers" else ""
-            selectors.append((text, matchers))
-        index += 1
-    return selectors
-
-
-def promql_metric_names(expr: str) -> set[str]:
-    return {name for name, _ in promql_selectors(expr)}
 
 
 def catalogue_series() -> set[str]:
