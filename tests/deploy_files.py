@@ -21,6 +21,10 @@ TEMPLATE_VALUES = {
     "$datasource": "prometheus",
     "${model}": ".+",
     "$model": ".+",
+    "${job}": ".*",
+    "$job": ".*",
+    "${instance}": ".*",
+    "$instance": ".*",
     "$__rate_interval": "2m",
     "$__interval": "1m",
     "$__range": "1h",
@@ -73,7 +77,8 @@ def substitute_template_variables(expr: str) -> str:
 def dashboard_queries() -> list[tuple[str, str]]:
     """(panel title, PromQL) of every dashboard query, template variables substituted.
 
-    $model becomes ".+" (the variable's "All" value, used inside =~ matchers),
+    $model becomes ".+" (the variable's "All" value, used inside =~ matchers), $job and
+    $instance ".*" (theirs: backfilled series have neither label),
     $__rate_interval 2m (4 x the 30 s scrape interval), $__interval 1m, $__range 1h,
     so each query can be sent to a real Prometheus as it stands.
     """

@@ -643,11 +643,23 @@ def test_dashboard_identity_and_variables() -> None:
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
     model = variables["model"]
-    assert model["query"]["query"] == "label_values(neo_credits_total, model)"
+    assert model["query"]["query"] == (
+        'label_values(neo_credits_total{job=~"$job",instance=~"$instance"}, model)'
+    )
     assert model["multi"] is True
     assert model["includeAll"] is True
     assert model["allValue"] == ".+"
     assert model["datasource"] == DATASOURCE_REF
+    assert list(variables) == ["datasource", "job", "instance", "model"]
+    assert variables["job"]["query"]["query"] == "label_values(neo_exporter_build_info, job)"
+    assert variables["instance"]["query"]["query"] == (
+        'label_values(neo_exporter_build_info{job=~"$job"}, instance)'
+    )
+    for name in ("job", "instance"):
+        # "All" is ".*", not ".+": backfilled history has no job or instance label.
+        assert variables[name]["allValue"] == ".*"
+        assert variables[name]["includeAll"] is True
+        assert variables[name]["multi"] is True
 
 
 EXEMPLAR_SERIES = frozenset({"neo_credits_total", "neo_tool_call_duration_seconds_bucket"})
@@ -699,6 +711,41 @@ def test_dashboard_filters_every_model_labelled_series_by_the_model_variable() -
         if name in model_series and 'model=~"$model"' not in matchers
     ]
     assert unfiltered == []
+
+
+def test_dashboard_filters_every_exporter_series_by_job_and_instance() -> None:
+    unfiltered = [
+        (panel["title"], name)
+        for panel in dashboard_panels()
+        for target in panel.get("targets", [])
+        for name, matchers in promql_selectors(target["expr"])
+        if ":" not in name and not matchers.startswith('{job=~"$job",instance=~"$instance"')
+    ]
+    assert unfiltered == []
+
+
+RECORDING_RULES_NOTE = "this panel needs the neo-exporter recording rules"
+
+
+def test_panels_that_need_recording_rules_say_so() -> None:
+    """Instead of "No data" when the rules are absent; and only those panels."""
+    recorded = recorded_names()
+    for panel in dashboard_panels():
+        names = {
+            name
+            for target in panel.get("targets", [])
+            for name in promql_metric_names(target["expr"])
+            if name in recorded
+        }
+        no_value = panel.get("fieldConfig", {}).get("defaults", {}).get("noValue", "")
+        if names:
+            assert RECORDING_RULES_NOTE in no_value, panel["title"]
+            assert (
+                f"Needs the recording rules ({', '.join(sorted(names))})." in (panel["description"])
+            ), panel["title"]
+        else:
+            assert RECORDING_RULES_NOTE not in no_value, panel["title"]
+            assert "Needs the recording rules" not in panel.get("description", "")
 
 
 def test_dashboard_covers_the_required_views() -> None:
