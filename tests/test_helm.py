@@ -13,6 +13,7 @@ in tests/fixtures/selector.rules-test.yml.
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -345,3 +346,18 @@ def test_rules_rendered_with_another_selector_pass_promtool_unit_tests(
     assert promtool is not None, "install the Debian package prometheus (tests/run.sh does)"
     done = run(promtool, "test", "rules", str(tests))
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_readme_install_command_renders() -> None:
+    """The README's `helm install` line, as `helm template`, renders the chart."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Helm", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    command = next(line for line in section.replace("\\\n", " ").splitlines() if "helm " in line)
+    words = shlex.split(command)
+    assert words[:4] == ["helm", "install", RELEASE, "deploy/helm/neo-exporter"]
+    done = run(helm(), "template", *words[2:3], str(ROOT / words[3]), *words[4:])
+    assert done.returncode == 0, done.stderr
+    objects = by_kind_and_name(done.stdout)
+    monitor = objects[("ServiceMonitor", RELEASE)]
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["metadata"]["namespace"] == "neo"
