@@ -12,6 +12,7 @@ in tests/fixtures/selector.rules-test.yml.
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
 import shutil
@@ -160,6 +161,13 @@ def test_schemas_refuse_a_misplaced_field(default_objects: Objects) -> None:
         validate(monitor)
 
 
+@pytest.mark.parametrize("values", [(), ("--values", str(EVERYTHING_ON))])
+def test_helm_lint_strict_passes(values: tuple[str, ...]) -> None:
+    done = run(helm(), "lint", "--strict", str(CHART), *values)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[WARNING]" not in done.stdout
+
+
 # --- the chart against the kustomize base ----------------------------------------------
 
 
@@ -205,7 +213,9 @@ def test_everything_on_values_reach_the_objects(everything_objects: Objects) -> 
     mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
     assert volume["secret"]["secretName"] == "neo"
     assert env["NEO_EXPORTER_API_TOKEN_FILE"] == f"{mount['mountPath']}/api-token"
-    assert set(secret["data"]) == {"api-token"}
+    assert {key: base64.b64decode(value).decode() for key, value in secret["data"].items()} == {
+        "api-token": "neo_token_for_the_chart_tests"
+    }
     assert "NEO_EXPORTER_API_KEY_FILE" not in env
     assert env["NEO_EXPORTER_POLL_INTERVAL"] == "120"
     assert env["TZ"] == "UTC"
