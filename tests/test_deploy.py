@@ -625,7 +625,8 @@ def test_prometheusrule_carries_the_rule_files_groups() -> None:
     assert manifest("prometheusrule.yaml")["spec"]["groups"] == expected
 
 
-def test_prometheusrule_is_what_the_generator_writes() -> None:
+def test_prometheusrule_and_the_charts_copies_are_what_the_generator_writes() -> None:
+    """prometheusrule.yaml, and the chart's files/ (the rules and the dashboard)."""
     generator = load_module(K8S / "generate_prometheusrule.py", "generate_prometheusrule")
     written = (K8S / "prometheusrule.yaml").read_text(encoding="utf-8")
     assert generator.render() == written, "run deploy/kubernetes/generate_prometheusrule.py"
