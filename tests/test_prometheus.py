@@ -3,7 +3,9 @@
 One Prometheus (Debian package ``prometheus``) runs for the module. Before it starts,
 ``neo-exporter backfill`` writes the six hours before the exporter's baseline and
 ``promtool tsdb create-blocks-from openmetrics`` turns them into blocks; then it scrapes
-an exporter fed by the simulated API with a fast clock, with every rule file loaded.
+an exporter fed by the simulated API with a fast clock, with every rule of the rule files
+loaded, read through the selector job=~"neo-exporter|" so that they see the backfilled
+history (which has no job label) too.
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ from exporter.accounting import NON_TERMINAL
 from exporter.app import Exporter
 from exporter.settings import Settings
 from exporter.simulator import DEMO_API_KEY, ManualClock, ScaledClock, SimulatedApi, World
-from tests.deploy_files import all_rules, dashboard_queries
+from tests.deploy_files import all_rules, dashboard_queries, load_module
 
 pytestmark = pytest.mark.prometheus
 
 ROOT = Path(__file__).resolve().parent.parent
-RULE_FILES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
+GENERATOR = ROOT / "deploy" / "kubernetes" / "generate_prometheusrule.py"
+# The rules as the README suggests after a backfill: the backfilled series carry no job
+# label, and this selector reads them along with the live job's.
+BACKFILL_SELECTOR = 'job=~"neo-exporter|"'
 SEED = 9
 TASKS_PER_DAY = 2000
 BACKFILL_HOURS = 6
@@ -144,7 +149,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         port = free_port()
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(path) for path in RULE_FILES],
+            "rule_files": [str(tmp / "neo.rules.yml")],
             "scrape_configs": [
                 {
                     "job_name": "neo-exporter",
@@ -153,6 +158,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             ],
         }
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+        generator = load_module(GENERATOR, "generate_prometheusrule")
+        groups = generator.with_selector(generator.rule_groups(), BACKFILL_SELECTOR)
+        (tmp / "neo.rules.yml").write_text(yaml.safe_dump({"groups": groups}))
         prometheus = subprocess.Popen(
             [binary("prometheus"), f"--config.file={tmp / 'prometheus.yml'}",
              f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
