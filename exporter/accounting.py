@@ -416,8 +416,10 @@ def apply(
     baselined: bool,
     guard: LabelGuard,
     deltas: Deltas,
+    ends: bool | None = None,
 ) -> RunState:
     """Fold an observation into a run's state, adding only its growth to ``deltas``.
+    ``ends``: whether the run ends with it (by default, when its status is terminal).
 
     A first sight of a baselined run (started before the exporter's baseline)
     records its values without counting them; growth after that is counted.
@@ -498,7 +500,7 @@ def apply(
     if hush_calls and obs.waiting:  # calls made before it was first seen are history too
         for index in obs.waiting:
             _mark(state.tools_seen, index)
-    if obs.terminal and not state.finished:
+    if (obs.terminal if ends is None else ends) and not state.finished:
         state.finished = True
         if not state.baselined:
             deltas.add(RUNS.name, labels, 1)

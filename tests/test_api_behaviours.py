@@ -4,6 +4,8 @@ promise: exact under each, compared with the simulator's ground truth."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Collection
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,112 @@ def test_per_task_rows_count_where_stream_rows_are_not_offered(tmp_path: Path) -
             continued += len(runs) > 1
         assert checked > 300
         assert continued >= 20
+
+
+@pytest.mark.parametrize("served", ["running", "completed", "final"])
+def test_a_run_ends_when_its_task_says_so_whatever_its_row_says(
+    tmp_path: Path, served: str
+) -> None:
+    """Rows of runs in progress served with a documented status (the usage enums have
+    none for work in progress): the counters stay exact at every poll, and each run is
+    observed once (neo_task_runs_total, the per-run histograms), when it has ended, with
+    the values and status its row then has. (A smaller account: once the exporter learns
+    that rows cannot tell, the runs it took in at its first poll wait for their tasks'
+    details, a hundred tasks a poll.)"""
+    for rig in make_rig(tmp_path, live_rows=True, tasks_per_day=400):
+        rig.api.faults.running_status = served
+        truth = Truth(rig.world)
+        poller = rig.open()
+        observed: dict[str, tuple[str, str, int, int]] = {}
+        for step in range(13):
+            run_polls(rig, truth, 1, 300 if step else 0)
+            expected, got = truth.expected(rig.baseline), counted(rig.ledger)  # type: ignore[arg-type]
+            expected.pop("runs", None), got.pop("runs", None)
+            assert compare(expected, got) == {}
+            observed.update(newly_observed(rig, observed))
+        untrusted = value(poller.metrics, "neo_exporter_errors_total", reason="status_untrusted")
+        assert untrusted == (served != "running")
+        assert_observed(rig, observed)
+
+
+def newly_observed(
+    rig: Rig, before: Collection[str], only: Callable[[StreamTruth], bool] = lambda s: True
+) -> dict[str, tuple[str, str, int, int]]:
+    """The runs counted in full (``only`` those) that the last poll observed as ended,
+    each with its model, status, credits and execution time; each must have ended, with
+    its row showing that."""
+    assert rig.ledger is not None
+    world = {s.stream_id: s for s in rig.world.visible_streams() if only(s)}
+    found = {}
+    for stream_id, state in rig.ledger.load_runs(world.keys() - set(before)).items():
+        if state.finished and not state.baselined:
+            stream = world[stream_id]
+            assert stream.finished_at is not None, "observed while running"
+            assert (state.credits, state.exec_ms) == (units(stream, "credits"), stream.exec_ms)
+            found[stream_id] = (stream.model, stream.status, state.credits, state.exec_ms)
+    return found
+
+
+def assert_observed(rig: Rig, observed: dict[str, tuple[str, str, int, int]]) -> None:
+    """The per-run histograms and neo_task_runs_total hold each observed run once, and
+    every run counted in full that ended ten minutes ago or more is observed."""
+    assert rig.ledger is not None
+    now = rig.clock.now()
+    world = {s.stream_id: s for s in rig.world.visible_streams()}
+    new = {k for k, st in rig.ledger.load_runs(world).items() if not st.baselined}
+    ended = {k for k in new if (world[k].finished_at or now) < now - timedelta(minutes=10)}
+    assert ended
+    assert ended <= observed.keys()
+    runs = Counter((model, status) for model, status, _, _ in observed.values())
+    shown = {
+        labels: count
+        for (name, labels), count in rig.ledger.counters.items()
+        if name == "neo_task_runs_total"
+    }
+    assert shown == dict(runs)
+    sums = {"neo_task_run_credits": 0, "neo_task_run_execution_seconds": 0}
+    counts = 0
+    for (name, _labels), hist in rig.ledger.histograms.items():
+        if name in sums:
+            sums[name] += hist.sum
+        counts += hist.count if name == "neo_task_run_credits" else 0
+    assert counts == len(observed)
+    assert sums == {
+        "neo_task_run_credits": sum(credits for _, _, credits, _ in observed.values()),
+        "neo_task_run_execution_seconds": sum(ms for *_, ms in observed.values()),
+    }
+
+
+def test_exact_under_every_behaviour_at_once(tmp_path: Path) -> None:
+    """A team admin's view (teammates' tasks in no task list, their details private), a
+    page cap with has_more worked out from the limit asked for and no total, values no
+    parser takes in fields nobody reads, unreadable values in runs in progress, tool-call
+    indices all 0, and rows of runs in progress with the status they will end with: no
+    value is ever counted twice, only the unreadable ones are missing while unreadable,
+    and the counters are exact once they are readable. The runs of the key owner's tasks
+    are observed only once they have ended (teammates' private tasks cannot say when
+    their runs end: their rows are taken at their word, README)."""
+    for rig in make_rig(tmp_path, live_rows=True, team=True):
+        faults = rig.api.faults
+        faults.page_cap, faults.has_more, faults.total = 50, "requested", "omitted"
+        faults.hostile_values = faults.spoil_running = faults.tool_index_zero = True
+        faults.running_status, faults.private_details = "final", True
+        truth = Truth(rig.world)
+        poller = rig.open()
+        observed: dict[str, tuple[str, str, int, int]] = {}
+        for step in range(10):
+            run_polls(rig, truth, 1, 300 if step else 0)
+            diff = compare(truth.expected(rig.baseline), counted(rig.ledger))  # type: ignore[arg-type]
+            diff.pop("runs", None)
+            assert set(diff) <= {"credits", "tool_call_observations", "tool_call_ms"}, diff
+            assert all(got < expected for expected, got in diff.values()), diff
+            mine = {t.task_id for t in rig.world.tasks if rig.world.owns(t)}
+            observed.update(newly_observed(rig, observed, lambda s, m=mine: s.task_id in m))
+        assert len(observed) > 100
+        assert value(poller.metrics, "neo_exporter_errors_total", reason="status_untrusted") == 1
+        faults.spoil_running = False  # every value readable
+        for _ in range(3):
+            run_polls(rig, truth, 1, 300)
+            diff = compare(truth.expected(rig.baseline), counted(rig.ledger))  # type: ignore[arg-type]
+            diff.pop("runs", None)
+            assert diff == {}

@@ -10,6 +10,7 @@ import pytest
 from exporter.ledger import TaskRecord
 from exporter.models import TaskDetails, TaskInfo, TaskStreamSummary
 from exporter.poll.policy import (
+    UNENDED_READS,
     Awaited,
     Confirmed,
     Doubt,
@@ -20,13 +21,17 @@ from exporter.poll.policy import (
     awaited_runs,
     ended_streams,
     listing_window,
+    live_by_record,
     marks_written,
     per_task_awaited,
     record_from_info,
     record_from_row,
+    rows_contradicted,
+    run_ends,
     settled_record,
     settling_tasks,
     sort_waiting,
+    started_unlisted,
     tasks_to_read,
 )
 from exporter.poll.timing import Timing
@@ -273,3 +278,61 @@ def test_timing(
 def test_counting_per_task_a_task_awaits_its_own_row() -> None:
     awaited = {"a": Awaited(frozenset({"s1", "s2"}), T - 9), "b": Awaited(frozenset(), T)}
     assert per_task_awaited(awaited) == {"a": Awaited(frozenset({"task:a"}), T - 9)}
+
+
+def test_records_keep_when_their_task_was_listed_whole() -> None:
+    whole = record(listed_whole=T - 50)
+    assert record_from_row(whole, "m", "completed", T).listed_whole == T - 50  # type: ignore[union-attr]
+    info = TaskInfo(id="t", status="active", model="m")
+    assert record_from_info(whole, info, T).listed_whole == T - 50
+
+
+@pytest.mark.parametrize(
+    ("row_start", "listed_whole", "started"),
+    [
+        (T - 2 * DAY, 0.0, T - 2 * DAY),  # never listed whole: as its row says
+        (T - 2 * DAY, T - HOUR, T - HOUR),  # not in that listing: after it
+        (T - 10, T - HOUR, T - 10),  # dated since the baseline: at its word
+    ],
+)
+def test_a_run_its_tasks_whole_listing_did_not_show_started_after_it(
+    row_start: float, listed_whole: float, started: float
+) -> None:
+    assert started_unlisted(row_start, listed_whole, baseline=T - DAY) == started
+
+
+def test_rows_contradicted_by_details_read_after_them() -> None:
+    info = details(
+        ("running", "running", T - 100, None),
+        ("active", "Active", T - 100, None),
+        ("ended", "completed", T - 100, T - 10),
+        ("stopped", "running", T - 100, T - 10),  # completed_at says it ended
+    )
+    terminal_rows = {"running", "ended", "stopped", "elsewhere"}
+    assert rows_contradicted(info, terminal_rows) == ["running"]
+    assert rows_contradicted(info, set()) == []
+
+
+@pytest.mark.parametrize(
+    ("terminal", "trusted", "baselined", "told", "ends"),
+    [
+        (True, True, False, False, True),  # rows trusted: at the row's word
+        (False, True, False, True, False),  # never on a row in progress
+        (True, False, False, False, False),  # untrusted: details must have told
+        (True, False, False, True, True),
+        (True, False, True, False, True),  # history: nothing observes its end
+        (False, False, True, True, False),
+    ],
+)
+def test_run_ends(terminal: bool, trusted: bool, baselined: bool, told: bool, ends: bool) -> None:
+    assert run_ends(terminal=terminal, trusted=trusted, baselined=baselined, told=told) == ends
+
+
+def test_tasks_awaiting_their_details_word_are_read_a_hundred_a_poll() -> None:
+    live = [("live", record(status="active", active=True)), ("done", record())]
+    waiting = [(f"w{n:03}", record(active=True, last_activity=T - n)) for n in range(150)]
+    found = live_by_record([*live, *waiting])
+    assert "live" in found
+    assert "done" not in found
+    assert len(found) == 1 + UNENDED_READS
+    assert {f"w{n:03}" for n in range(150 - UNENDED_READS, 150)} <= found  # longest waiting

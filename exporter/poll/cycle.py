@@ -27,6 +27,7 @@ from exporter.models import TaskDetails, TaskInfo
 from exporter.poll.fetch import Fetcher
 from exporter.poll.policy import (
     LIVE_TASK_STATUSES,
+    ROW_STATUS,
     Awaited,
     Confirmed,
     Doubt,
@@ -36,10 +37,13 @@ from exporter.poll.policy import (
     awaited_runs,
     ended_streams,
     listing_window,
+    live_by_record,
     marks_written,
     per_task_awaited,
     record_from_info,
     record_from_row,
+    rows_contradicted,
+    run_ends,
     settled_record,
     settling_tasks,
     sort_waiting,
@@ -63,6 +67,8 @@ class Fold:
     ended: list[Ended] = field(default_factory=list)  # runs seen finished for the first time
     doubts: list[Doubt] = field(default_factory=list)  # runs taken for history in doubt
     confirmed: list[Confirmed] = field(default_factory=list)  # and no longer in doubt
+    # Tasks with a run whose row calls it finished while its details have not yet.
+    unended: set[str] = field(default_factory=set)
 
 
 class PollCycle:
@@ -97,6 +103,13 @@ class PollCycle:
         self.gone: set[str] = set()
         self.unanswered: set[str] = set()
         self.whole: set[str] = set()  # tasks all of whose runs were listed by ID
+        # Row statuses are trusted until a row is caught calling a running run finished
+        # (``policy.rows_contradicted``); then a run ends when its task's details say so:
+        # ``told`` holds the runs they called finished in an earlier poll.
+        self.trusted = ledger.meta.get(ROW_STATUS) != "untrusted"
+        self.contradicted: list[str] = []
+        self.told: set[str] = set()
+        self.refused: set[str] = set()  # tasks whose details never answer (403, 404)
 
     def run(self) -> PollChanges:
         """The poll's data path; returns what to commit."""
@@ -105,6 +118,7 @@ class PollCycle:
         self.take(self.fetch.window(window.since))
         meta = marks_written(self.stamp, window, self.marks)
         meta.update(self.read_pinned())
+        trusted = self.trusted
         listed = self.follow_live_tasks()
         self.ask_old_starts()
         awaited, done = self.read_awaited()
@@ -115,6 +129,8 @@ class PollCycle:
             awaited, done, fold.doubts, fold.confirmed, ended, stamp=self.stamp
         )
         tasks, runs = self.settle(awaited, done, fold)
+        if trusted and not self.trusted:
+            meta[ROW_STATUS] = "untrusted"
         return PollChanges(runs=runs, deltas=fold.deltas, tasks=tasks, meta=meta)
 
     # -- reading ------------------------------------------------------------------------
@@ -165,7 +181,7 @@ class PollCycle:
         (teammates', revealed by running rows) are read by ID on every poll. Returns the
         listed tasks whose details were not read.
         """
-        live = {task_id for task_id, record in self.ledger.flagged_tasks() if record.active}
+        live = live_by_record(self.ledger.flagged_tasks())
         # Running rows reveal teammates' tasks too, which the task list never shows.
         live |= {row.task_id for row in self.rows.values() if row.status in NON_TERMINAL}
         listed: dict[str, TaskInfo] = {}
@@ -180,8 +196,25 @@ class PollCycle:
         if not complete:  # without both lists, every live task is read by ID
             live |= set(listed)
             listed = {}
-        self.read_details(live - listed.keys(), why="live")
+        self.read_details((live - listed.keys()) | self._probed(listed), why="live")
         return {t: info for t, info in listed.items() if t not in self.details}
+
+    def _probed(self, listed: Mapping[str, TaskInfo]) -> set[str]:
+        """While row statuses are trusted: listed live tasks with a row that newly calls
+        a run finished, whose details are read to check it (a task continued right after
+        a run ended, with a truthful API; every live task, with an API whose rows call
+        runs in progress finished)."""
+        if not self.trusted or not listed:
+            return set()
+        ending = {
+            key: row.task_id
+            for key, row in self.rows.items()
+            if row.terminal and row.task_id in listed and not is_task_run(key)
+        }
+        if not ending:
+            return set()
+        finished = {s for s, state in self.ledger.load_runs(ending).items() if state.finished}
+        return {task_id for key, task_id in ending.items() if key not in finished}
 
     def ask_old_starts(self) -> None:
         """A new run whose row looks older than the baseline may carry its task's date (or
@@ -207,17 +240,32 @@ class PollCycle:
         answer 404 mean the task is gone: it is followed no more. Details asked for a
         run's start that may answer later (not ``lasting``) are asked again next poll;
         a 404 there only means the start cannot be told: the row is taken at its word."""
+        terminal = {key for key, row in self.rows.items() if row.terminal}  # read before
         fetched = self.fetch.details(sorted(task_ids))
         self.report.task_requests += len(fetched)
         for task_id, result in fetched.items():
             if not isinstance(result, ApiError):
                 self.details[task_id] = result
+                self._check_row_status(task_id, rows_contradicted(result, terminal))
                 continue
+            if result.lasting:
+                self.refused.add(task_id)
             self.fetch.failed(task_id, result, self.report)
             if why == "live" and isinstance(result, NotFound):
                 self.gone.add(task_id)
             if why == "start" and not result.lasting:
                 self.unanswered.add(task_id)
+
+    def _check_row_status(self, task_id: str, contradicted: list[str]) -> None:
+        if not contradicted or not self.trusted:
+            return
+        self.trusted = False
+        self.metrics.errors.labels("status_untrusted").inc()
+        log.warning(
+            "row_status_untrusted", task_id=task_id, stream_ids=contradicted,
+            reason="usage rows called runs finished that task details show in progress: "
+            "from now on a run ends when its task's details say so",
+        )  # fmt: skip
 
     def read_awaited(self) -> tuple[dict[str, Awaited], frozenset[str]]:
         """Runs that task details call finished must reach the ledger finished, however
@@ -237,7 +285,11 @@ class PollCycle:
             for s, state in self.ledger.load_runs(wanted).items()
             if state.finished and state.unconfirmed is None
         }
-        done |= {s for s in wanted & self.rows.keys() if self.rows[s].status not in NON_TERMINAL}
+        # Runs whose end details told in an earlier poll: their rows of this poll were
+        # read a poll interval or more after the end (a row may lag its run's end).
+        self.told = {s for _, record in flagged for s in record.awaiting}
+        if self.trusted:  # else a run ends by such a row only
+            done |= {s for s in wanted & self.rows.keys() if self.rows[s].terminal}
         following = [task_id for task_id, r in flagged if r.follow_until > self.stamp]
         wanted_tasks = tasks_to_read(awaited, frozenset(done), following, frozenset(self.gone))
         self.take_task_runs(wanted_tasks, gone_if_missing=True)
@@ -296,7 +348,17 @@ class PollCycle:
             if confirming and confirm_start(old, started, baseline):  # type: ignore[arg-type]
                 report.runs_confirmed += 1
                 log.info("run_counted_in_full", task_id=obs.task_id, stream_id=key)
-            state = apply(old, obs, baselined=started < baseline, guard=guard, deltas=deltas)
+            baselined = old.baselined if old is not None else started < baseline
+            ends = run_ends(
+                terminal=obs.terminal, trusted=self.trusted or obs.task_id in self.refused,
+                baselined=baselined, told=key in self.told,
+            )  # fmt: skip
+            state = apply(
+                old, obs, baselined=started < baseline, guard=guard, deltas=deltas, ends=ends
+            )
+            if obs.terminal and not state.finished:  # read and folded again until it ends
+                state.fingerprint = None
+                fold.unended.add(obs.task_id)
             if confirming:
                 fold.confirmed.append(
                     Confirmed(state.task_id, key, state.finished, state.baselined)
@@ -317,16 +379,20 @@ class PollCycle:
             )
             if record is not None:
                 tasks[task_id] = record
-        fold.tasks = self._task_records(tasks, listed)
+        fold.tasks = self._task_records(tasks, listed, fold.unended)
         report.rows = len(rows)
         return fold
 
     def _task_records(
-        self, from_rows: Mapping[str, TaskRecord], listed: Mapping[str, TaskInfo]
+        self,
+        from_rows: Mapping[str, TaskRecord],
+        listed: Mapping[str, TaskInfo],
+        unended: Collection[str],
     ) -> dict[str, TaskRecord]:
         """The records of the tasks of the poll: from their rows (``from_rows``), then
         from the task list and task details, which say more; and when all their runs
-        were first listed by ID."""
+        were first listed by ID. A task with a run that its row calls finished and its
+        details have not (``unended``) is live: its details are read until they do."""
         known, stamp = self.ledger.task, self.stamp
         tasks = dict(from_rows)
         infos = [*listed.items(), *((t, d.task) for t, d in self.details.items())]
@@ -336,6 +402,10 @@ class PollCycle:
             record = tasks.get(task_id) or known(task_id)
             if record is not None and not record.listed_whole:
                 tasks[task_id] = record._replace(listed_whole=stamp)
+        for task_id in set(unended) - self.details.keys() - self.refused:
+            record = tasks.get(task_id) or known(task_id)
+            if record is not None and not record.active:
+                tasks[task_id] = record._replace(active=True, last_activity=stamp)
         return tasks
 
     def _started_unlisted(self, obs: Observation, baseline: float) -> float:

@@ -5,7 +5,7 @@ rule by table."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -24,6 +24,9 @@ DETAILS_STATUS = {
     "running": "active",
 }
 LIVE_TASK_STATUSES = frozenset({"active", "pending"})
+# Meta key: "untrusted" once a usage row called a run finished that its task's details,
+# read after the row, showed still running. From then on a run ends when details say so.
+ROW_STATUS = "row_status"
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,52 @@ def ended_streams(info: TaskDetails, baseline: float) -> set[str]:
         if (stream.completed_at is not None or stream.status.lower() not in NON_TERMINAL)
         and stream.created_at.timestamp() >= baseline
     }
+
+
+# Tasks read by ID in a poll because a row called one of their runs finished before their
+# details did (where row statuses are not trusted): at most this many, the longest
+# waiting first, so that learning the API's habit does not read every task at once.
+UNENDED_READS = 100
+
+
+def live_by_record(records: Iterable[tuple[str, TaskRecord]]) -> set[str]:
+    """The tasks whose records call them live: those live by their last status, and the
+    ``UNENDED_READS`` longest waiting of those that are only awaiting their details'
+    word on a run whose row called it finished."""
+    live, unended = set(), []
+    for task_id, record in records:
+        if not record.active:
+            continue
+        if record.status in LIVE_TASK_STATUSES:
+            live.add(task_id)
+        else:
+            unended.append((record.last_activity, task_id))
+    live.update(task_id for _, task_id in sorted(unended)[:UNENDED_READS])
+    return live
+
+
+def running_by_details(info: TaskDetails) -> set[str]:
+    """The runs that task details show in progress."""
+    return {
+        stream.stream_id
+        for stream in info.streams or ()
+        if stream.completed_at is None and stream.status.lower() in NON_TERMINAL
+    }
+
+
+def rows_contradicted(info: TaskDetails, terminal_rows: Collection[str]) -> list[str]:
+    """The runs whose usage row, read before these details, called them finished while
+    the details show them in progress: a run cannot start again, so the row's status
+    was not the run's."""
+    return sorted(running_by_details(info) & set(terminal_rows))
+
+
+def run_ends(*, terminal: bool, trusted: bool, baselined: bool, told: bool) -> bool:
+    """Whether a run ends with this row: its row's status is terminal and, unless row
+    statuses are trusted, task details called the run finished before the row was read
+    (``told``). A run taken for history is observed by nothing when it ends: its row is
+    taken at its word."""
+    return terminal and (trusted or baselined or told)
 
 
 class Awaited(NamedTuple):

@@ -93,6 +93,14 @@ class Faults:
     spoil_running: bool = False
     # Every tool call's index 0, as an API that numbers them per something else would.
     tool_index_zero: bool = False
+    # The usage status served on the row of a run in progress: "running" as the
+    # simulator's own vocabulary has it, or one of the documented statuses (the usage
+    # enums have no in-progress value): "completed", or "final" for the status the run
+    # will end with.
+    running_status: str = "running"
+    # In a team admin's view: teammates' tasks are private, their details answer 404
+    # (their usage rows are listed all the same).
+    private_details: bool = False
     seed: int = 0
     _burst_left: int = field(default=0, repr=False)
     _burst_status: int = field(default=503, repr=False)
@@ -149,6 +157,7 @@ class Faults:
             or self.unknown_status
             or (self.wrong_type_rate > 0)
             or self.tool_index_zero
+            or self.running_status != "running"
             or self.hostile_values
             or self.spoil_running
         )
@@ -175,8 +184,9 @@ class Faults:
         """A non-row object (task info, summary, envelope) as the faults would serve it."""
         return {**obj, **EXTRA} if self.extra_fields else obj
 
-    def row(self, row: dict[str, Any]) -> dict[str, Any]:
-        """A usage row as the faults would serve it; ``row`` is not changed."""
+    def row(self, row: dict[str, Any], final: str = "completed") -> dict[str, Any]:
+        """A usage row as the faults would serve it; ``row`` is not changed. ``final``:
+        the status its run ends with (for ``running_status`` "final")."""
         out = dict(row)
         ident = row.get("stream_id") or row.get("task_id")
         if self.extra_fields:
@@ -193,6 +203,8 @@ class Faults:
             out[name] = value
         if self.tool_index_zero and out.get("tool_call_history"):
             out["tool_call_history"] = [{**c, "index": 0} for c in out["tool_call_history"]]
+        if out.get("status") == "running" and self.running_status != "running":
+            out["status"] = final if self.running_status == "final" else self.running_status
         return out
 
     @staticmethod

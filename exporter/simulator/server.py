@@ -216,20 +216,24 @@ class SimulatedApi:
             if template == STREAMS:
                 page = queries.stream_page(world, now, served)
                 rows = [views.stream_json(world, s, now) for s in page.items]
+                finals = [s.status for s in page.items]
             else:
                 page = queries.task_page(world, now, served)
                 rows = [_json(views.task_row(world, t, now)).decode() for t in page.items]
+                finals = [t.streams[-1].status for t in page.items]
             offset = int(params.get("offset") or 0)
-            return self._envelope(rows, faults.envelope(offset, asked, len(rows), page.total))
+            paging = faults.envelope(offset, asked, len(rows), page.total)
+            return self._envelope(rows, paging, finals)
         if template == TASK_USAGE:
             task = world.task_by_id.get(ident or "")
             if task is None or not task.listed:
                 raise ApiProblem(404, "not_exists", "task not found")
-            row = faults.row(json.loads(_json(views.task_row(world, task, now))))
-            return faults.text(row, running=row.get("status") == "running").encode()
+            row = json.loads(_json(views.task_row(world, task, now)))
+            served = faults.row(row, task.streams[-1].status)
+            return faults.text(served, running=row.get("status") == "running").encode()
         if template == TASK:
             task = world.task_by_id.get(ident or "")
-            if task is None:
+            if task is None or (faults.private_details and world.team and not world.owns(task)):
                 raise ApiProblem(404, "not_exists", "task not found")
             details = views.task_details(task, now)
             details["task"] = faults.object(details["task"])
@@ -243,11 +247,15 @@ class SimulatedApi:
             return _json(faults.object(queries.summary(world, now, params)))
         return _json(faults.object(queries.credit_balance(world, now)))
 
-    def _envelope(self, rows: list[str], paging: dict[str, Any]) -> bytes:
+    def _envelope(self, rows: list[str], paging: dict[str, Any], finals: list[str]) -> bytes:
+        """A usage page; ``finals``: the status each row's run ends with."""
         faults = self.faults
         if faults.touches_rows:
-            loaded = [faults.row(json.loads(r)) for r in rows]
-            rows = [faults.text(r, running=r.get("status") == "running") for r in loaded]
+            loaded = [json.loads(r) for r in rows]
+            rows = [
+                faults.text(faults.row(r, final), running=r.get("status") == "running")
+                for r, final in zip(loaded, finals, strict=True)
+            ]
         rest = _json(faults.object(paging))
         tail = b"," + rest[1:] if rest != b"{}" else b"}"
         return b'{"data":[' + ",".join(rows).encode() + b"]" + tail

@@ -96,6 +96,10 @@ class World:
         self._sync_to(self.start_ms)
         self._continue_old_tasks()
 
+    def owns(self, task: Task) -> bool:
+        """Whether the key's owner created ``task`` (always, but in a team admin's view)."""
+        return not self.team or task.email == EMAILS[0]
+
     @property
     def lock(self) -> threading.RLock:
         """Held while answering one request, so that it sees one consistent moment."""
