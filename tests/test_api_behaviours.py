@@ -271,3 +271,24 @@ def test_exact_under_every_behaviour_at_once(tmp_path: Path) -> None:
             diff = compare(truth.expected(rig.baseline), counted(rig.ledger))  # type: ignore[arg-type]
             diff.pop("runs", None)
             assert diff == {}
+
+
+def test_continued_old_tasks_count_by_the_next_full_listing(tmp_path: Path) -> None:
+    """Rows dated by their task and shown once their run ends: the continuations of the
+    caller's own old tasks, most of which start and end between two polls, are in no
+    listing of the window. The task list's updated_at finds them at the next full
+    listing (an hour on), where they count exactly, each once."""
+    for rig in make_rig(tmp_path, stream_created_at="task"):
+        truth = Truth(rig.world)
+        rig.open()
+        poll(rig, truth)
+        old = sorted({s.task_id for s in rig.world.visible_streams()})[:150]
+        for task_id in old:
+            rig.world.continue_task(task_id)
+        run_polls(rig, truth, 11, 300)
+        missing = compare(truth.expected(rig.baseline), counted(rig.ledger))  # type: ignore[arg-type]
+        assert missing["credits"][1] < missing["credits"][0]
+        run_polls(rig, truth, 1, 300)  # the full listing
+        assert_exact(rig, truth)
+        run_polls(rig, truth, 2, 300)
+        assert_exact(rig, truth)

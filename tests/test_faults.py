@@ -224,6 +224,9 @@ def first_seen_running(rig: Rig, truth: Truth, count: int, details: int) -> Firs
 
 
 def pin_old_tasks(rig: Rig, count: int) -> set[str]:
+    """Old tasks pinned; the task list is not scanned for continued ones, so that only
+    the pinned tasks' continuations are read by ID."""
+    rig.timing = replace(rig.timing, scan_interval=0)
     old = {s.task_id for s in rig.world.visible_streams() if s.started_at < START - OLD}
     tasks = set(sorted(old)[:count])
     rig.pinned = tuple(sorted(tasks))

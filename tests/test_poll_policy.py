@@ -19,6 +19,7 @@ from exporter.poll.policy import (
     Window,
     await_doubtful,
     awaited_runs,
+    continued_tasks,
     ended_streams,
     listing_window,
     live_by_record,
@@ -28,6 +29,7 @@ from exporter.poll.policy import (
     record_from_row,
     rows_contradicted,
     run_ends,
+    scan_since,
     settled_record,
     settling_tasks,
     sort_waiting,
@@ -336,3 +338,35 @@ def test_tasks_awaiting_their_details_word_are_read_a_hundred_a_poll() -> None:
     assert "done" not in found
     assert len(found) == 1 + UNENDED_READS
     assert {f"w{n:03}" for n in range(150 - UNENDED_READS, 150)} <= found  # longest waiting
+
+
+def test_continued_tasks_are_old_tasks_updated_since_the_last_scan() -> None:
+    def task(name: str, created: float | None, updated: float | None) -> TaskInfo:
+        def at(t: float | None) -> datetime | None:
+            return None if t is None else datetime.fromtimestamp(t, UTC)
+
+        return TaskInfo(id=name, created_at=at(created), updated_at=at(updated))
+
+    tasks = [
+        task("continued", T - 2 * DAY, T - 60),
+        task("untouched", T - 2 * DAY, T - 2 * HOUR),
+        task("in-window", T - HOUR, T - 60),  # its rows are in the window's listings
+        task("no-dates", None, None),
+    ]
+    assert continued_tasks(tasks, since=T - HOUR, window=T - DAY) == ["continued"]
+
+
+@pytest.mark.parametrize(
+    ("scanned_at", "since"),
+    [
+        (None, T - DAY),  # the first scan: since the baseline
+        (T - 10 * 60, None),  # scanned ten minutes ago: not due
+        (T - HOUR, T - 3 * HOUR),  # due: since the last scan, less the recent window
+        (T - 30 * HOUR, T - DAY),  # never before the baseline
+    ],
+)
+def test_scan_since(scanned_at: float | None, since: float | None) -> None:
+    window = Window(T - DAY, full=True, baseline=T - DAY)
+    marks = Marks(T - DAY, scanned_at=scanned_at)
+    assert scan_since(T, marks, window, DEFAULT) == since
+    assert scan_since(T, marks, window, Timing(DAY, scan_interval=0)) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,13 +29,16 @@ from exporter.poll.fetch import Fetcher
 from exporter.poll.policy import (
     LIVE_TASK_STATUSES,
     ROW_STATUS,
+    UPDATED_SCAN_PAGES,
     Awaited,
     Confirmed,
     Doubt,
     Ended,
     Marks,
+    Window,
     await_doubtful,
     awaited_runs,
+    continued_tasks,
     ended_streams,
     listing_window,
     live_by_record,
@@ -44,6 +48,7 @@ from exporter.poll.policy import (
     record_from_row,
     rows_contradicted,
     run_ends,
+    scan_since,
     settled_record,
     settling_tasks,
     sort_waiting,
@@ -120,6 +125,7 @@ class PollCycle:
         meta.update(self.read_pinned())
         trusted = self.trusted
         listed = self.follow_live_tasks()
+        meta.update(self.read_continued(window))
         self.ask_old_starts()
         awaited, done = self.read_awaited()
         self.ask_old_starts()  # and those of the rows just read by ID, no task twice
@@ -198,6 +204,26 @@ class PollCycle:
             listed = {}
         self.read_details((live - listed.keys()) | self._probed(listed), why="live")
         return {t: info for t, info in listed.items() if t not in self.details}
+
+    def read_continued(self, window: Window) -> dict[str, str]:
+        """Every ``Timing.scan_interval``, the caller's own tasks created before the
+        window and updated since the last scan (continued: their new runs may be dated by
+        their task, before the window) have their runs read by ID. Tasks read by ID
+        anyway are left out; a teammate's task is in no task list. Returns the scan's
+        time, as meta, once the list answered."""
+        since = scan_since(self.stamp, self.marks, window, self.timing)
+        if since is None or not self.task_list_offered:
+            return {}
+        tasks, error = self.fetch.own_tasks(UPDATED_SCAN_PAGES)
+        self.report.task_requests += max(1, math.ceil(len(tasks) / 100))  # pages of 100
+        if error is not None:
+            return {}
+        read = {t for t, _ in self.ledger.flagged_tasks()} | set(self.pinned)
+        continued = [t for t in continued_tasks(tasks, since, window.since) if t not in read]
+        if continued:
+            log.info("continued_tasks_found", tasks=len(continued))
+        self.take_task_runs(continued, gone_if_missing=False)
+        return {"scanned_at": repr(self.stamp)}
 
     def _probed(self, listed: Mapping[str, TaskInfo]) -> set[str]:
         """While row statuses are trusted: listed live tasks with a row that newly calls

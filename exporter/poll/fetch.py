@@ -133,6 +133,16 @@ class Fetcher:
             found.update((info.id, info) for info in tasks)
         return found, answered, None
 
+    def own_tasks(self, pages: int) -> tuple[list[TaskInfo], ApiError | None]:
+        """The caller's own tasks, all statuses, newest first, at most ``pages`` pages;
+        and the failure that ended the reading, if one did (counted and logged)."""
+        try:
+            return self.client.list_tasks(max_pages=pages), None
+        except ApiError as exc:
+            self.metrics.errors.labels(exc.reason).inc()
+            log.warning("task_list_failed", status="any", reason=exc.reason, error=str(exc))
+            return [], exc
+
     def failed(self, task_id: str, exc: ApiError, report: PollReport) -> None:
         """Count and log a failed read of one task."""
         self.metrics.errors.labels(exc.reason).inc()

@@ -37,13 +37,14 @@ class Marks:
     baseline: float | None = None
     listed_at: float | None = None
     recent_at: float | None = None
+    scanned_at: float | None = None  # the last scan of the own task list for updates
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, str]) -> Marks:
         def read(key: str) -> float | None:
             return float(meta[key]) if key in meta else None
 
-        return cls(read("baseline"), read("listed_at"), read("recent_at"))
+        return cls(read("baseline"), read("listed_at"), read("recent_at"), read("scanned_at"))
 
 
 class Window(NamedTuple):
@@ -112,6 +113,38 @@ def live_by_record(records: Iterable[tuple[str, TaskRecord]]) -> set[str]:
             unended.append((record.last_activity, task_id))
     live.update(task_id for _, task_id in sorted(unended)[:UNENDED_READS])
     return live
+
+
+# Pages of the caller's own task list (100 tasks each, newest first) scanned at each full
+# listing for older tasks that were continued: the 5,000 newest tasks.
+UPDATED_SCAN_PAGES = 50
+
+
+def scan_since(stamp: float, marks: Marks, window: Window, timing: Timing) -> float | None:
+    """Whether this poll scans the task list for continued tasks (every
+    ``scan_interval``), and for those updated since when: the last scan, less the
+    recent window for the API's lag in updating them; the baseline at the first.
+    A ``scan_interval`` of 0 scans never."""
+    if not timing.scan_interval:
+        return None
+    if marks.scanned_at is None:
+        return window.baseline
+    if stamp - marks.scanned_at < timing.scan_interval:
+        return None
+    return max(window.baseline, marks.scanned_at - timing.recent_window)
+
+
+def continued_tasks(tasks: Iterable[TaskInfo], since: float, window: float) -> list[str]:
+    """Tasks created before the listing window (``window``) and updated since ``since``:
+    continued, and their new runs' rows may carry their task's date, which no listing
+    of the window shows. Their runs are read by ID."""
+    found = []
+    for task in tasks:
+        created = task.created_at.timestamp() if task.created_at else None
+        updated = task.updated_at.timestamp() if task.updated_at else None
+        if created is not None and created < window and updated is not None and updated >= since:
+            found.append(task.id)
+    return sorted(found)
 
 
 def running_by_details(info: TaskDetails) -> set[str]:

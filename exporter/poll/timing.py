@@ -23,6 +23,9 @@ class Timing:
     ``hot_lookbacks``: memory holds the runs that started within this many lookbacks and
     the tasks active within them (with live, followed and pinned ones); older ones stay in
     the ledger file, evicted from memory every ``evict_interval`` (or lookback, if shorter).
+    ``scan_interval``: seconds between scans of the caller's own task list for older
+    tasks continued since the last scan (whose new rows may carry their task's date); 0:
+    never.
     """
 
     lookback: float
@@ -32,6 +35,7 @@ class Timing:
     account_interval: float = 300.0
     hot_lookbacks: int = 2
     evict_interval: float = HOUR
+    scan_interval: float = HOUR
 
     @property
     def incremental(self) -> bool:
