@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import tempfile
@@ -132,8 +133,14 @@ def _backfill(args: argparse.Namespace) -> int:
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:
+    """The first SIGTERM or SIGINT stops the daemon in order; a second one, at once."""
+
     def handle(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal_received", signal=signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            log.warning("signal_repeated_exiting", signal=name)
+            os._exit(128 + signum)  # the ledger is a SQLite file: whole at any moment
+        log.info("signal_received", signal=name)
         stop.set()
 
     signal.signal(signal.SIGTERM, handle)
