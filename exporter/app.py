@@ -85,6 +85,8 @@ class Exporter:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.settings = settings
         self.health = Health()
+        # Read before anything is made on disk: a bad web config leaves no trace.
+        web = load_web_config(settings.web_config_file) if settings.web_config_file else WebConfig()
         self.metrics = SelfMetrics(process=process_metrics)
         self.stop_event = threading.Event()  # set: requests in flight and retry waits end
         self._state_lock = lock_state(settings.state_path)
@@ -140,11 +142,6 @@ class Exporter:
                     export_emails=settings.export_emails,
                     salt=self._member_salt(),
                 ),
-            )
-            web = (
-                load_web_config(settings.web_config_file)
-                if settings.web_config_file
-                else WebConfig()
             )
             self.server: ThreadingHTTPServer = make_server(
                 host, port, self.exposition, self.health, web=web

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import io
 import sys
 import threading
 from collections.abc import Callable
@@ -88,6 +89,16 @@ def make_server(
         # A client that stops sending is dropped after this many seconds.
         timeout = idle_timeout
 
+        def setup(self) -> None:
+            super().setup()
+            tls = config.tls
+            if tls is not None and tls.allowed_sans:
+                self.request.do_handshake()
+                if not tls.peer_allowed(self.request.getpeercert()):
+                    log.debug("client_certificate_refused", client=self.client_address[0])
+                    self.close_connection = True
+                    self.rfile = io.BytesIO()  # nothing to read: the handler ends at once
+
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("http_request", client=self.client_address[0], line=format % args)
 
@@ -161,7 +172,7 @@ def make_server(
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
-            for name, value in (extra or {}).items():
+            for name, value in {**config.headers, **(extra or {})}.items():
                 self.send_header(name, value)
             self.end_headers()
             if not head:
@@ -169,7 +180,7 @@ def make_server(
 
     server = _Server((host, port), Handler)
     if config.tls is not None:
-        server.socket = config.tls.wrap_socket(
+        server.socket = config.tls.context.wrap_socket(
             server.socket, server_side=True, do_handshake_on_connect=False
         )
     return server

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import socket
 import ssl
@@ -179,3 +180,43 @@ def test_client_certificates_are_required_with_a_client_ca(tmp_path: Path, healt
             httpx.get(f"{url}/healthz", verify=trusted)  # no client certificate
         trusted.load_cert_chain(client_cert, client_key)
         assert httpx.get(f"{url}/healthz", verify=trusted).status_code == 200
+
+
+def test_client_allowed_sans_admit_only_the_names_listed(tmp_path: Path, health: Health) -> None:
+    server_cert, _ = self_signed(tmp_path, "server")
+    good = self_signed(tmp_path, "good", san="DNS:scraper.example")
+    bad = self_signed(tmp_path, "bad", san="DNS:other.example")
+    (tmp_path / "clients.pem").write_text(good[0].read_text() + bad[0].read_text())
+    config = (
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server-key.pem\n"
+        "  client_ca_file: clients.pem\n  client_allowed_sans: [scraper.example]\n"
+    )
+    web = load_web_config(write_web_config(tmp_path, config))
+    for url in serve(health, web):
+        for (cert, key), admitted in ((good, True), (bad, False)):
+            context = ssl.create_default_context(cafile=server_cert)
+            context.load_cert_chain(cert, key)
+            if admitted:
+                assert httpx.get(f"{url}/healthz", verify=context).status_code == 200
+            else:
+                with pytest.raises(httpx.RemoteProtocolError):
+                    httpx.get(f"{url}/healthz", verify=context)
+
+
+def test_any_password_gets_an_answer(tmp_path: Path, health: Health) -> None:
+    """Past bcrypt's 72 bytes, or not UTF-8: 401, never a dropped connection; the scheme
+    name in any case; the config's extra headers on every answer."""
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    body = (
+        f"basic_auth_users:\n  prom: '{hashed}'\n"
+        "http_server_config:\n  headers:\n    X-Frame-Options: deny\n"
+    )
+    web = load_web_config(write_web_config(tmp_path, body))
+    for url in serve(health, web):
+        long = httpx.get(f"{url}/metrics", auth=("prom", "x" * 100))
+        assert long.status_code == 401
+        assert long.headers["x-frame-options"] == "deny"
+        raw = base64.b64encode(b"prom:s3cret").decode()
+        lower = httpx.get(f"{url}/healthz", headers={"Authorization": f"basic {raw}"})
+        assert lower.status_code == 200
+        assert lower.headers["x-frame-options"] == "deny"
