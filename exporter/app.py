@@ -27,8 +27,7 @@ from exporter.server import Health, make_server
 from exporter.webconfig import WebConfig, load_web_config
 
 if TYPE_CHECKING:
-    from http.server import ThreadingHTTPServer
-
+    from exporter.connections import BoundedServer
     from exporter.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -143,9 +142,10 @@ class Exporter:
                     salt=self._member_salt(),
                 ),
             )
-            self.server: ThreadingHTTPServer = make_server(
-                host, port, self.exposition, self.health, web=web
-            )
+            self.server: BoundedServer = make_server(
+                host, port, self.exposition, self.health, web=web,
+                on_noise=self.metrics.observe_noise,
+            )  # fmt: skip
         except BaseException:
             os.close(self._state_lock)  # a half-built exporter must not keep the lock
             raise

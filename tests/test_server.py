@@ -18,6 +18,7 @@ import pytest
 import structlog.testing
 from prometheus_client import CollectorRegistry
 
+from exporter.connections import ServerLimits
 from exporter.exposition import Exposition
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import Health, make_server
@@ -25,10 +26,13 @@ from exporter.webconfig import WebConfig, load_web_config
 from tests.conftest import self_signed, write_web_config
 
 
-def serve(health: Health, web: WebConfig | None = None) -> Iterator[str]:
+def serve(
+    health: Health, web: WebConfig | None = None, limits: ServerLimits | None = None
+) -> Iterator[str]:
     own = SelfMetrics(process=False)
     exposition = Exposition(CollectorRegistry(), own.registry)
-    server = make_server("127.0.0.1", 0, exposition, health, web=web, idle_timeout=2)
+    bounds = limits or ServerLimits(request_timeout=2, idle_timeout=2)
+    server = make_server("127.0.0.1", 0, exposition, health, web=web, limits=bounds)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     scheme = "https" if web and web.tls else "http"
@@ -126,8 +130,8 @@ def test_a_request_that_fails_is_an_event_not_a_traceback(
     finally:
         server.server_close()
     assert [(e["event"], e["log_level"], e["error"]) for e in events] == [
-        ("client_disconnected", "debug", "BrokenPipeError"),
-        ("client_disconnected", "debug", "ConnectionResetError"),
+        ("http_connection_error", "debug", "BrokenPipeError"),
+        ("http_connection_error", "debug", "ConnectionResetError"),
         ("request_failed", "error", "KeyError"),
     ]
     assert capsys.readouterr().err == ""
