@@ -268,7 +268,7 @@ SELF: tuple[MetricSpec, ...] = (
         "neo_exporter_http_connection_errors_total",
         "counter",
         "HTTP connections ended by network noise, by reason (tls_handshake, client_gone, "
-        "timeout, malformed_request, accept_failed).",
+        "timeout, malformed_request, accept_failed, evicted).",
         ("reason",),
         group="self",
     ),

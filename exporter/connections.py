@@ -3,8 +3,11 @@
 The standard library's threaded server gives each connection a thread and no bounds.
 Here each bound is explicit (``ServerLimits``):
 
-- at most ``max_connections`` connections, and so worker threads, at once; more wait
-  in the kernel's listen queue until one ends (a burst of scrapes queues, not fails);
+- at most ``max_connections`` connections, and so worker threads, at once. When all
+  are taken, a new connection takes the place of the one that has waited longest for
+  a request (idle, or trickling its head), which is closed: slow clients cannot keep
+  a scrape out. When every connection is busy answering, new ones wait in the
+  kernel's listen queue (a burst of scrapes queues, not fails);
 - a request's head (request line and headers) must arrive whole within
   ``request_timeout`` of its first byte (of the connection, for the first request),
   and within ``max_head_bytes`` and ``max_headers``: a trickle or a flood of headers
@@ -45,6 +48,7 @@ NOISE_REASONS = (
     "timeout",
     "malformed_request",
     "accept_failed",
+    "evicted",
 )
 # How long and how much a closing connection is read before it is closed.
 LINGER_SECONDS = 0.5
@@ -184,6 +188,8 @@ class BoundedServer(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(limits.max_connections)
         self._count_lock = threading.Lock()
         self.active = 0  # connections accepted and not yet closed (each has a thread)
+        # Connections waiting for a request (a head not yet whole), and since when.
+        self._waiting: dict[socket.socket, float] = {}
         self._sleep = sleep
         self._backoff = 0.0
         super().__init__(address, handler)
@@ -193,11 +199,39 @@ class BoundedServer(ThreadingHTTPServer):
         log.debug("http_connection_error", reason=reason, client=host, error=error)
         self.on_noise(reason)
 
+    def waiting(self, sock: socket.socket) -> None:
+        """``sock`` waits for a request: it may give its place to a new connection."""
+        with self._count_lock:
+            self._waiting[sock] = time.monotonic()
+
+    def working(self, sock: socket.socket) -> None:
+        """``sock`` has a whole request: it keeps its place until answered."""
+        with self._count_lock:
+            self._waiting.pop(sock, None)
+
+    def _evict(self) -> None:
+        """Close the connection that has waited longest for a request, if any."""
+        with self._count_lock:
+            if not self._waiting:
+                return
+            sock = min(self._waiting, key=self._waiting.__getitem__)
+            del self._waiting[sock]
+        try:
+            peer = sock.getpeername()
+            # The plain socket's shutdown, also for TLS: it wakes the connection's
+            # thread from its read without touching the TLS state that thread uses.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            return  # closed meanwhile: its place is free anyway
+        self.noise("evicted", peer, "every connection taken")
+
     def get_request(self) -> tuple[socket.socket, Any]:
-        # Wait for a free slot before accepting: extra connections queue in the kernel.
-        # The wait is short so that shutdown() is not held up; the serve loop asks again.
-        if not self._slots.acquire(timeout=0.5):
-            raise OSError("every connection slot is busy")
+        if not self._slots.acquire(blocking=False):
+            self._evict()
+            # The wait is short so that shutdown() is not held up; the serve loop asks
+            # again, and meanwhile new connections queue in the kernel.
+            if not self._slots.acquire(timeout=0.5):
+                raise OSError("every connection slot is busy")
         try:
             accepted = self.socket.accept()
         except OSError as exc:
@@ -212,6 +246,7 @@ class BoundedServer(ThreadingHTTPServer):
         self._backoff = 0.0
         with self._count_lock:
             self.active += 1
+        self.waiting(accepted[0])
         return accepted
 
     def shutdown_request(self, request: Any) -> None:
@@ -229,6 +264,7 @@ class BoundedServer(ThreadingHTTPServer):
         finally:
             with self._count_lock:
                 self.active -= 1
+                self._waiting.pop(request, None)
             self._slots.release()
             self.close_request(request)
 

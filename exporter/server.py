@@ -93,6 +93,7 @@ def make_server(
             self.wfile = SocketWriter(self.request)
 
         def handle_one_request(self) -> None:
+            self.server.waiting(self.request)
             try:
                 head = read_head(self.rfile, bounds)
             except HeadTooLarge:
@@ -104,6 +105,7 @@ def make_server(
             if head is None:
                 self.close_connection = True
                 return
+            self.server.working(self.request)
             line, _, fields = head.partition(b"\n")
             self.raw_requestline = line + b"\n"
             stream, self.rfile = self.rfile, io.BufferedReader(io.BytesIO(fields))

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
+import httpx
 import pytest
 import structlog.testing
 from prometheus_client import CollectorRegistry
@@ -115,8 +116,9 @@ def test_a_trickled_request_head_is_dropped_at_its_deadline(served: Served) -> N
 
 
 def test_connections_and_threads_are_bounded(served: Served) -> None:
-    """Ten connections that send nothing: at most four are served at once (the others
-    wait in the listen queue), each closed at its first request's deadline."""
+    """Ten connections that send nothing: at most four are served at once; each new one
+    takes the place of the one that waited longest, the last four end at their first
+    request's deadline."""
     idle = [served.connect() for _ in range(10)]
     try:
         for sock in idle:
@@ -124,8 +126,27 @@ def test_connections_and_threads_are_bounded(served: Served) -> None:
     finally:
         for sock in idle:
             sock.close()
-    assert served.noise == ["timeout"] * 10
+    assert sorted(served.noise) == ["evicted"] * 6 + ["timeout"] * 4
     assert max(served.live) <= LIMITS.max_connections
+
+
+def test_slow_clients_cannot_keep_a_scrape_out() -> None:
+    """Every place taken by a client trickling its request head (and a deadline of a
+    minute): a scrape is still answered, in the place of the slowest."""
+    running = Served(ServerLimits(max_connections=4, request_timeout=60, idle_timeout=60))
+    slow = [running.connect() for _ in range(8)]
+    try:
+        for sock in slow:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        url = f"http://127.0.0.1:{running.port}/healthz"
+        for _ in range(3):
+            assert httpx.get(url, timeout=HANG_GUARD).status_code == 200
+    finally:
+        for sock in slow:
+            sock.close()
+        running.close()
+    assert running.noise.count("evicted") >= 3
+    assert max(running.live) <= 4
 
 
 def test_accept_backs_off_when_out_of_file_descriptors() -> None:
