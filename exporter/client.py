@@ -110,6 +110,19 @@ Fingerprint = Callable[[TaskUsage], int | None]
 # rows already seen) is a server that ignores the offset: given up on, not paged forever.
 STALE_PAGES = 3
 MAX_ROWS_UNTOLD = 10_000_000  # rows a listing takes at most while pages bring new rows
+# With a total reported, a listing is given up past this many rows more than it (or past
+# PAST_TOTAL_FACTOR times it): rows arriving while it pages, or a total a little wrong,
+# stay well within; a server making rows up forever does not. Given up, the poll fails
+# and commits nothing: the bound loses no row.
+ROWS_PAST_TOTAL = 20_000
+PAST_TOTAL_FACTOR = 4
+
+
+def rows_allowed(total: int | None) -> int:
+    """The most rows a listing takes before it is given up, given its reported total."""
+    if total is None:
+        return MAX_ROWS_UNTOLD
+    return min(MAX_ROWS_UNTOLD, max(total * PAST_TOTAL_FACTOR, total + ROWS_PAST_TOTAL))
 
 
 def _iso(moment: datetime) -> str:
@@ -392,8 +405,9 @@ class NeoClient:
         ``has_more`` is false ends the listing (a server that ignores the offset). A
         listing that would never end is given up with ApiPayloadError: after
         STALE_PAGES pages in a row that bring nothing new (the same page again, or only
-        rows already seen), or past MAX_ROWS_UNTOLD rows. So ``has_more`` true forever
-        costs the rows and a few pages, never millions of requests."""
+        rows already seen), or past ``rows_allowed(total)`` rows (MAX_ROWS_UNTOLD without
+        a total). So ``has_more`` true forever costs the rows and a few pages, never
+        millions of requests."""
         offset = 0
         stale = 0
         last_digest: int | None = None
@@ -424,7 +438,7 @@ class NeoClient:
             nothing = page.digest == last_digest or (not new and not page.skipped)
             stale = stale + 1 if nothing else 0
             last_digest = page.digest
-            if stale >= STALE_PAGES or offset > MAX_ROWS_UNTOLD:
+            if stale >= STALE_PAGES or offset > rows_allowed(total):
                 raise ApiPayloadError(
                     f"{endpoint}: paging did not end ({offset} rows received, total "
                     f"{'not reported' if total is None else total})",
