@@ -24,7 +24,7 @@ from exporter.app import Exporter
 from exporter.errors import ConfigError, StateError
 from exporter.ledger import Ledger
 from exporter.settings import Settings, load_settings
-from exporter.simulator import DEMO_API_KEY, ScaledClock, SimulatedApi, World
+from exporter.simulator import DEMO_API_KEY, Journal, ScaledClock, SimulatedApi, World
 from tests.conftest import BUCKETS
 
 SECRET = "neo_sk_" + "s3cr3tVALUE" * 3
@@ -256,18 +256,6 @@ def test_a_second_exporter_on_the_same_state_file_is_refused(
     second.stop()
 
 
-class _Noting(list[str]):
-    """A simulator journal that says when a request has come in."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.came = threading.Event()
-
-    def append(self, item: str) -> None:
-        super().append(item)
-        self.came.set()
-
-
 def test_sigterm_ends_the_daemon_at_once_while_the_api_hangs(tmp_path: Path) -> None:
     """With a request timeout of a minute and an API that never answers, SIGTERM still
     ends the daemon cleanly, long before the request would time out; the ledger keeps
@@ -288,7 +276,7 @@ def test_sigterm_ends_the_daemon_at_once_while_the_api_hangs(tmp_path: Path) -> 
         try:
             log.wait_for("poll_finished")
             api.faults.latency = 3600.0  # from now on every request hangs
-            journal = _Noting()
+            journal = Journal()
             api.journal = journal
             journal.came.wait()  # the poller is in a request that will not be answered
             child.send_signal(signal.SIGTERM)
