@@ -52,7 +52,10 @@ CIPHER_SUITES = {
 }
 
 # Go's curve names, as OpenSSL names them. Python's ssl sets one ECDH curve, not a list.
-CURVES = {"CurveP256": "prime256v1", "CurveP384": "secp384r1", "CurveP521": "secp521r1"}
+CURVES = {
+    "CurveP256": "prime256v1", "CurveP384": "secp384r1", "CurveP521": "secp521r1",
+    "X25519": "X25519",
+}  # fmt: skip
 
 TLS_KEYS = {
     "cert", "key", "client_ca", "cert_file", "key_file", "client_auth_type",

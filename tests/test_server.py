@@ -224,3 +224,28 @@ def test_any_password_gets_an_answer(tmp_path: Path, health: Health) -> None:
         lower = httpx.get(f"{url}/healthz", headers={"Authorization": f"basic {raw}"})
         assert lower.status_code == 200
         assert lower.headers["x-frame-options"] == "deny"
+
+
+def test_curve_preferences_are_honoured_over_the_wire(tmp_path: Path, health: Health) -> None:
+    """With curve_preferences [CurveP384], a client offering only P-256 is refused, in
+    TLS 1.2 and 1.3 alike; one offering P-384 is served (openssl s_client as client)."""
+    self_signed(tmp_path, "server")
+    config = (
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server-key.pem\n"
+        "  curve_preferences: [CurveP384]\n"
+    )
+    web = load_web_config(write_web_config(tmp_path, config))
+    for url in serve(health, web):
+        address = url.removeprefix("https://")
+        outcomes = {}
+        for group in ("P-256", "P-384"):
+            for version in ("-tls1_2", "-tls1_3"):
+                done = subprocess.run(
+                    ["openssl", "s_client", "-connect", address, "-groups", group, version],
+                    input=b"", capture_output=True, timeout=30, check=False,
+                )  # fmt: skip
+                outcomes[group, version] = b"Cipher is (NONE)" not in done.stdout
+    assert outcomes == {
+        ("P-256", "-tls1_2"): False, ("P-256", "-tls1_3"): False,
+        ("P-384", "-tls1_2"): True, ("P-384", "-tls1_3"): True,
+    }  # fmt: skip
