@@ -37,7 +37,8 @@ class Served:
             "127.0.0.1", 0, exposition, Health(), web=web, limits=limits, on_noise=self._note
         )
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        serving = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        serving.start()
 
     def _note(self, reason: str) -> None:
         self.live.append(self.server.active)

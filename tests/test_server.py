@@ -33,7 +33,7 @@ def serve(
     exposition = Exposition(CollectorRegistry(), own.registry)
     bounds = limits or ServerLimits(request_timeout=2, idle_timeout=2)
     server = make_server("127.0.0.1", 0, exposition, health, web=web, limits=bounds)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     scheme = "https" if web and web.tls else "http"
     try:

@@ -48,9 +48,17 @@ def test_unverifiable_client_auth_types_are_refused(tmp_path: Path) -> None:
 TLS = "tls_server_config:\n  cert_file: server.pem\n  key_file: server-key.pem\n"
 
 
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """One self-signed certificate and key for the module (openssl takes half a second)."""
+    cert, key = self_signed(tmp_path_factory.mktemp("tls"), "server")
+    return cert.read_text(), key.read_text()
+
+
 @pytest.fixture
-def tls_dir(tmp_path: Path) -> Path:
-    self_signed(tmp_path, "server")
+def tls_dir(tmp_path: Path, certificate: tuple[str, str]) -> Path:
+    (tmp_path / "server.pem").write_text(certificate[0])
+    (tmp_path / "server-key.pem").write_text(certificate[1])
     return tmp_path
 
 
