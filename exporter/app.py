@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from exporter.balance import BalanceReader
 from exporter.client import NeoClient, RetryPolicy
 from exporter.collector import UsageCollector
+from exporter.connections import ServerLimits
 from exporter.errors import StateError
 from exporter.exposition import Exposition
 from exporter.ledger import Ledger, PollChanges
@@ -145,6 +146,10 @@ class Exporter:
             self.server: BoundedServer = make_server(
                 host, port, self.exposition, self.health, web=web,
                 on_noise=self.metrics.observe_noise,
+                limits=ServerLimits(
+                    max_connections=settings.http_max_connections,
+                    request_timeout=settings.http_request_timeout,
+                ),
             )  # fmt: skip
         except BaseException:
             os.close(self._state_lock)  # a half-built exporter must not keep the lock

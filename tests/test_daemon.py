@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import signal
@@ -254,6 +255,25 @@ def test_a_second_exporter_on_the_same_state_file_is_refused(
     first.stop()
     second = build()  # the lock goes with the exporter that held it
     second.stop()
+
+
+def test_http_settings_reach_the_server(api: SimulatedApi, tmp_path: Path) -> None:
+    settings_ = load_settings(
+        argparse.Namespace(),
+        environ={
+            "NEO_EXPORTER_API_URL": api.url, "NEO_EXPORTER_STATE_PATH": str(tmp_path / "s.db"),
+            "NEO_EXPORTER_HTTP_MAX_CONNECTIONS": "3", "NEO_EXPORTER_HTTP_REQUEST_TIMEOUT": "2s",
+        },
+    )  # fmt: skip
+    exporter = Exporter(
+        settings_, ("api_key", SECRET), host="127.0.0.1", port=0, process_metrics=False
+    )
+    exporter.start()
+    try:
+        assert exporter.server.limits.max_connections == 3
+        assert exporter.server.limits.request_timeout == 2.0
+    finally:
+        exporter.stop()
 
 
 def test_sigterm_ends_the_daemon_at_once_while_the_api_hangs(tmp_path: Path) -> None:
