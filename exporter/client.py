@@ -56,9 +56,10 @@ SUMMARY = "/api/v1/usage/summary"
 CREDITS = "/api/v1/billing/credits"
 
 # The most an answer of each endpoint may hold, decoded, before it is refused: a usage
-# page of 200 rows is about 0.7 MB, any other answer a few kilobytes. Generous, so only
-# a server gone wrong (an endless body) meets them.
-MAX_BODY_BYTES = {STREAMS: 64 << 20, TASK_USAGES: 64 << 20, TASKS: 16 << 20}
+# page of 200 rows is about 0.7 MB, a task's usage row grows with its tool calls, any
+# other answer is a few kilobytes. Generous, so only a server gone wrong (an endless
+# body) meets them.
+MAX_BODY_BYTES = {STREAMS: 64 << 20, TASK_USAGES: 64 << 20, TASK_USAGE: 64 << 20, TASKS: 16 << 20}
 MAX_BODY_DEFAULT = 4 << 20
 
 M = TypeVar("M", bound=BaseModel)

@@ -30,6 +30,7 @@ import io
 import select
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -270,8 +271,6 @@ class BoundedServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A request that failed: a client's doing is noise, anything else is ours."""
-        import sys
-
         exc = sys.exc_info()[1]
         reason = noise_reason(exc)
         if reason is not None:

@@ -98,6 +98,7 @@ def make_server(
                 head = read_head(self.rfile, bounds)
             except HeadTooLarge:
                 self.close_connection = True
+                self.request.settimeout(bounds.write_timeout)
                 self.command, self.requestline = "", ""
                 self.request_version = self.default_request_version
                 self.send_error(431, "request head too large")
@@ -125,7 +126,7 @@ def make_server(
                 self.close_connection = True
             method = getattr(self, f"do_{self.command}", None)
             if method is None:
-                self.send_error(501, f"unsupported method {self.command!r}")
+                self.send_error(501, "unsupported method")
                 return
             method()
             self.wfile.flush()
