@@ -7,7 +7,7 @@ Here each bound is explicit (``ServerLimits``):
   are taken, a new connection takes the place of the one that has waited longest for
   a request (idle, or trickling its head), which is closed: slow clients cannot keep
   a scrape out. When every connection is busy answering, new ones wait in the
-  kernel's listen queue (a burst of scrapes queues, not fails);
+  kernel's listen queue of 1,024 (a burst of scrapes queues, not fails);
 - a request's head (request line and headers) must arrive whole within
   ``request_timeout`` of its first byte (of the connection, for the first request),
   and within ``max_head_bytes`` and ``max_headers``: a trickle or a flood of headers
@@ -172,7 +172,7 @@ class BoundedServer(ThreadingHTTPServer):
 
     daemon_threads = True  # a stalled client never blocks shutdown
     allow_reuse_address = True
-    request_queue_size = 128
+    request_queue_size = 1024  # a burst of scrapes waits here, not in SYN retries
 
     def __init__(
         self,
