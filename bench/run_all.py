@@ -42,6 +42,13 @@ BENCHMARKS: list[tuple[str, str, list[str], list[str]]] = [
         ["--sizes", "1000,10000", "--full-list-interval", "0", "--polls", "2"],
         ["--sizes", "1000,5000", "--full-list-interval", "0", "--polls", "1"],
     ),
+    (
+        "server_load",
+        "7. the HTTP server: 200 concurrent scrapes, 500 slow connections, a header flood",
+        [],
+        ["--scrapers", "50", "--slow", "100", "--seconds", "4", "--flood", "10"],
+    ),
+    ("shutdown", "8. time from SIGTERM to exit while the API hangs", [], []),
 ]
 
 

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from exporter.balance import BalanceReader
 from exporter.client import NeoClient, RetryPolicy
 from exporter.collector import UsageCollector
+from exporter.connections import ServerLimits
 from exporter.errors import StateError
 from exporter.exposition import Exposition
 from exporter.ledger import Ledger, PollChanges
@@ -27,12 +28,14 @@ from exporter.server import Health, make_server
 from exporter.webconfig import WebConfig, load_web_config
 
 if TYPE_CHECKING:
-    from http.server import ThreadingHTTPServer
-
+    from exporter.connections import BoundedServer
     from exporter.settings import Settings
 
 log = structlog.get_logger(__name__)
 MEMBER_SALT_KEY = "member_salt"
+# How long a stop waits for the poller: requests in flight and retry waits end within
+# a fraction of a second of the stop, a commit in progress within this.
+STOP_GRACE_SECONDS = 4.0
 
 
 def bucket_settings(settings: Settings) -> dict[str, list[float]]:
@@ -82,7 +85,10 @@ class Exporter:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.settings = settings
         self.health = Health()
+        # Read before anything is made on disk: a bad web config leaves no trace.
+        web = load_web_config(settings.web_config_file) if settings.web_config_file else WebConfig()
         self.metrics = SelfMetrics(process=process_metrics)
+        self.stop_event = threading.Event()  # set: requests in flight and retry waits end
         self._state_lock = lock_state(settings.state_path)
         try:
             self.ledger = Ledger(
@@ -116,6 +122,7 @@ class Exporter:
                 ),
                 transport=transport,
                 on_request=self.metrics.observe_request,
+                stop=self.stop_event,
             )
             self.poller = Poller(
                 self.client,
@@ -136,18 +143,17 @@ class Exporter:
                     salt=self._member_salt(),
                 ),
             )
-            web = (
-                load_web_config(settings.web_config_file)
-                if settings.web_config_file
-                else WebConfig()
-            )
-            self.server: ThreadingHTTPServer = make_server(
-                host, port, self.exposition, self.health, web=web
-            )
+            self.server: BoundedServer = make_server(
+                host, port, self.exposition, self.health, web=web,
+                on_noise=self.metrics.observe_noise,
+                limits=ServerLimits(
+                    max_connections=settings.http_max_connections,
+                    request_timeout=settings.http_request_timeout,
+                ),
+            )  # fmt: skip
         except BaseException:
             os.close(self._state_lock)  # a half-built exporter must not keep the lock
             raise
-        self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def _member_salt(self) -> bytes:
@@ -192,15 +198,22 @@ class Exporter:
         )
 
     def stop(self) -> None:
-        """Stop polling (a poll in flight finishes and commits), then stop serving."""
+        """Stop polling, then serving. A poll in flight is abandoned, not committed (its
+        requests end at once): the ledger keeps the last committed poll, and the next
+        start asks again for what this one had not yet counted."""
         self.stop_event.set()
-        for thread in self._threads:
-            if thread.name == "poller":
-                thread.join(timeout=self.settings.request_timeout * 2 + 5)
+        poller = [t for t in self._threads if t.name == "poller"]
+        for thread in poller:
+            thread.join(timeout=STOP_GRACE_SECONDS)
         self.server.shutdown()
         self.server.server_close()
-        self.poller.close()
-        self.client.close()
-        self.ledger.close()
+        if any(thread.is_alive() for thread in poller):
+            # Still inside a commit: the ledger stays open for it; SQLite keeps the file
+            # whole whether the commit ends before the process does or not.
+            log.warning("poller_still_running", grace_seconds=STOP_GRACE_SECONDS)
+        else:
+            self.poller.close()
+            self.client.close()
+            self.ledger.close()
         os.close(self._state_lock)  # closing the descriptor releases the lock
         log.info("exporter_stopped")

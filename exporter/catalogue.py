@@ -265,6 +265,14 @@ SELF: tuple[MetricSpec, ...] = (
         group="self",
     ),
     MetricSpec(
+        "neo_exporter_http_connection_errors_total",
+        "counter",
+        "HTTP connections ended by network noise, by reason (tls_handshake, client_gone, "
+        "timeout, malformed_request, accept_failed, evicted).",
+        ("reason",),
+        group="self",
+    ),
+    MetricSpec(
         "neo_exporter_ledger_runs",
         "gauge",
         "Task runs recorded in the ledger, counted or history.",

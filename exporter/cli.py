@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import tempfile
@@ -19,7 +20,7 @@ import structlog
 from exporter import __version__
 from exporter.app import Exporter
 from exporter.durations import parse_duration
-from exporter.errors import ConfigError, ExporterError
+from exporter.errors import ConfigError, ExporterError, WebConfigError
 from exporter.logs import configure_logging, register_secret
 from exporter.settings import (
     Settings,
@@ -29,6 +30,7 @@ from exporter.settings import (
     load_settings,
     render_effective,
 )
+from exporter.webconfig import load_web_config
 
 if TYPE_CHECKING:
     from exporter.simulator import ScaledClock
@@ -132,8 +134,14 @@ def _backfill(args: argparse.Namespace) -> int:
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:
+    """The first SIGTERM or SIGINT stops the daemon in order; a second one, at once."""
+
     def handle(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal_received", signal=signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            log.warning("signal_repeated_exiting", signal=name)
+            os._exit(128 + signum)  # the ledger is a SQLite file: whole at any moment
+        log.info("signal_received", signal=name)
         stop.set()
 
     signal.signal(signal.SIGTERM, handle)
@@ -224,7 +232,7 @@ def _run(args: argparse.Namespace, *, demo: bool) -> int:
         register_secret(credential[1])
         host, port = listen_host_port(settings)
         exporter = Exporter(settings, credential, host=host, port=port, clock=clock)
-    except ConfigError as exc:
+    except (ConfigError, WebConfigError) as exc:
         print(f"neo-exporter: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ExporterError as exc:
@@ -251,7 +259,9 @@ def _check_config(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args)
         settings.require_credential()
-    except ConfigError as exc:
+        if settings.web_config_file:
+            load_web_config(settings.web_config_file)
+    except (ConfigError, WebConfigError) as exc:
         print(f"neo-exporter: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(render_effective(settings))

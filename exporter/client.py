@@ -19,10 +19,13 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from exporter import __version__
+from exporter.deadline import deadline_transport
 from exporter.decoding import Defect, UsagePage, read_one_row, read_page
 from exporter.errors import (
     ApiError,
+    ApiInterrupted,
     ApiPayloadError,
+    ApiPayloadTooLarge,
     ApiStatusError,
     ApiTimeout,
     ApiTransportError,
@@ -51,6 +54,13 @@ TASKS = "/api/v1/tasks"
 TASK = "/api/v1/tasks/{id}"
 SUMMARY = "/api/v1/usage/summary"
 CREDITS = "/api/v1/billing/credits"
+
+# The most an answer of each endpoint may hold, decoded, before it is refused: a usage
+# page of 200 rows is about 0.7 MB, a task's usage row grows with its tool calls, any
+# other answer is a few kilobytes. Generous, so only a server gone wrong (an endless
+# body) meets them.
+MAX_BODY_BYTES = {STREAMS: 64 << 20, TASK_USAGES: 64 << 20, TASK_USAGE: 64 << 20, TASKS: 16 << 20}
+MAX_BODY_DEFAULT = 4 << 20
 
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
@@ -101,6 +111,19 @@ Fingerprint = Callable[[TaskUsage], int | None]
 # rows already seen) is a server that ignores the offset: given up on, not paged forever.
 STALE_PAGES = 3
 MAX_ROWS_UNTOLD = 10_000_000  # rows a listing takes at most while pages bring new rows
+# With a total reported, a listing is given up past this many rows more than it (or past
+# PAST_TOTAL_FACTOR times it): rows arriving while it pages, or a total a little wrong,
+# stay well within; a server making rows up forever does not. Given up, the poll fails
+# and commits nothing: the bound loses no row.
+ROWS_PAST_TOTAL = 20_000
+PAST_TOTAL_FACTOR = 4
+
+
+def rows_allowed(total: int | None) -> int:
+    """The most rows a listing takes before it is given up, given its reported total."""
+    if total is None:
+        return MAX_ROWS_UNTOLD
+    return min(MAX_ROWS_UNTOLD, max(total * PAST_TOTAL_FACTOR, total + ROWS_PAST_TOTAL))
 
 
 def _iso(moment: datetime) -> str:
@@ -140,8 +163,12 @@ def retry_after(value: str | None, now: datetime) -> float | None:
 class NeoClient:
     """Reads usage and task state from the Neo API.
 
-    ``transport`` lets tests hand in ``httpx.MockTransport``; ``sleep`` lets them
-    skip backoff waits; ``on_request(endpoint, code)`` feeds the self-metrics.
+    ``timeout`` bounds each request as a whole (connecting, headers and body), not each
+    read; an answer larger than its endpoint's MAX_BODY_BYTES is refused. Setting
+    ``stop`` ends a request in flight and every backoff wait at once (ApiInterrupted).
+    ``transport`` lets tests hand in ``httpx.MockTransport`` (the deadline is then
+    checked between chunks only); ``sleep`` lets them skip backoff waits;
+    ``on_request(endpoint, code)`` feeds the self-metrics.
     """
 
     def __init__(
@@ -153,9 +180,11 @@ class NeoClient:
         max_concurrent: int = 4,
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], object] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
         on_request: RequestObserver | None = None,
         seed: int | None = None,
+        stop: threading.Event | None = None,
+        max_body: Mapping[str, int] | None = None,
     ) -> None:
         kind, secret = credential
         headers = {"Accept": "application/json", "User-Agent": f"neo-exporter/{__version__}"}
@@ -163,19 +192,29 @@ class NeoClient:
             headers["X-Api-Key"] = secret
         else:
             headers["Authorization"] = f"Bearer {secret}"
+        self._stop = stop or threading.Event()
+        self._timeout = timeout
+        limits = httpx.Limits(
+            max_connections=max_concurrent, max_keepalive_connections=max_concurrent
+        )
+        self._deadline: Callable[[float], contextlib.AbstractContextManager[None]] = lambda _: (
+            contextlib.nullcontext()
+        )
+        if transport is None:
+            transport, backend = deadline_transport(self._stop, limits)
+            self._deadline = backend.deadline
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers=headers,
             timeout=httpx.Timeout(timeout),
             transport=transport,
-            limits=httpx.Limits(
-                max_connections=max_concurrent, max_keepalive_connections=max_concurrent
-            ),
+            limits=limits,
             follow_redirects=False,
         )
+        self._max_body = {**MAX_BODY_BYTES, **(max_body or {})}
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self._retry = retry or RetryPolicy()
-        self._sleep = sleep
+        self._sleep = sleep if sleep is not None else self._stop.wait
         self._on_request = on_request
         self._rng = random.Random(seed)
         self._noted: set[tuple[str, str]] = set()  # paging inconsistencies logged once
@@ -367,8 +406,9 @@ class NeoClient:
         ``has_more`` is false ends the listing (a server that ignores the offset). A
         listing that would never end is given up with ApiPayloadError: after
         STALE_PAGES pages in a row that bring nothing new (the same page again, or only
-        rows already seen), or past MAX_ROWS_UNTOLD rows. So ``has_more`` true forever
-        costs the rows and a few pages, never millions of requests."""
+        rows already seen), or past ``rows_allowed(total)`` rows (MAX_ROWS_UNTOLD without
+        a total). So ``has_more`` true forever costs the rows and a few pages, never
+        millions of requests."""
         offset = 0
         stale = 0
         last_digest: int | None = None
@@ -399,7 +439,7 @@ class NeoClient:
             nothing = page.digest == last_digest or (not new and not page.skipped)
             stale = stale + 1 if nothing else 0
             last_digest = page.digest
-            if stale >= STALE_PAGES or offset > MAX_ROWS_UNTOLD:
+            if stale >= STALE_PAGES or offset > rows_allowed(total):
                 raise ApiPayloadError(
                     f"{endpoint}: paging did not end ({offset} rows received, total "
                     f"{'not reported' if total is None else total})",
@@ -435,7 +475,11 @@ class NeoClient:
         while True:
             try:
                 return self._get_once(endpoint, path, params, decode)
+            except ApiInterrupted:
+                raise
             except (ApiTransportError, ApiPayloadError, ApiStatusError) as exc:
+                if self._stop.is_set():
+                    raise ApiInterrupted(f"{endpoint}: stopped", endpoint=endpoint) from None
                 retryable, wait = _retry_decision(exc)
                 if not retryable or attempt >= self._retry.max_retries:
                     if isinstance(exc, ApiStatusError) and exc.status == 429:
@@ -458,6 +502,8 @@ class NeoClient:
                     delay_seconds=round(delay, 3),
                 )
                 self._sleep(delay)
+                if self._stop.is_set():
+                    raise ApiInterrupted(f"{endpoint}: stopped", endpoint=endpoint) from None
                 attempt += 1
 
     def _get_once(
@@ -469,12 +515,10 @@ class NeoClient:
     ) -> Any:
         with self._slots:
             try:
-                # Streamed and joined by us: httpx keeps a response in a reference cycle,
-                # and a body cached on it (a usage page: 0.7 MB) would stay until the
-                # cyclic collector runs, which a poll pauses.
-                with self._http.stream("GET", path, params=params) as response:
-                    content = b"".join(response.iter_bytes())
+                response, content = self._fetch(endpoint, path, params)
             except httpx.TimeoutException:
+                if self._stop.is_set():
+                    raise ApiInterrupted(f"{endpoint}: stopped", endpoint=endpoint) from None
                 self._observe(endpoint, "timeout")
                 raise ApiTimeout(
                     f"{endpoint}: no answer within the timeout", endpoint=endpoint
@@ -494,6 +538,33 @@ class NeoClient:
                 f"{endpoint}: answer is not JSON ({len(content)} bytes)", endpoint=endpoint
             ) from None
 
+    def _fetch(
+        self, endpoint: str, path: str, params: dict[str, str] | None
+    ) -> tuple[httpx.Response, bytes]:
+        """One GET, its body read within the request's deadline and size bound.
+
+        Streamed and joined by us: httpx keeps a response in a reference cycle, and a
+        body cached on it (a usage page: 0.7 MB) would stay until the cyclic collector
+        runs, which a poll pauses."""
+        limit = self._max_body.get(endpoint, MAX_BODY_DEFAULT)
+        ends = time.monotonic() + self._timeout
+        chunks: list[bytes] = []
+        size = 0
+        request = self._http.stream("GET", path, params=params)
+        with self._deadline(self._timeout), request as response:
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    self._observe(endpoint, str(response.status_code))
+                    raise ApiPayloadTooLarge(
+                        f"{endpoint}: answer larger than {limit >> 20} MiB, refused",
+                        endpoint=endpoint,
+                    )
+                if time.monotonic() > ends:
+                    raise httpx.ReadTimeout("request deadline passed")
+                chunks.append(chunk)
+        return response, b"".join(chunks)
+
     def _observe(self, endpoint: str, code: str) -> None:
         if self._on_request is not None:
             self._on_request(endpoint, code)
@@ -508,6 +579,8 @@ def _as_is(row: TaskUsage, fingerprint: int | None) -> TaskUsage:
 
 
 def _retry_decision(exc: ApiError) -> tuple[bool, float | None]:
+    if isinstance(exc, ApiPayloadTooLarge):
+        return False, None  # asked again, it would cost the bound again
     if isinstance(exc, ApiStatusError):
         if exc.status == 429:
             return True, exc.retry_after

@@ -6,13 +6,15 @@
     ├── StateError                the SQLite ledger is unreadable, corrupt or from elsewhere
     └── ApiError                  a Neo API call failed
         ├── ApiTransportError     connection refused, reset, DNS: no HTTP answer at all
-        │   └── ApiTimeout        no answer within the request timeout
+        │   ├── ApiTimeout        no whole answer within the request timeout
+        │   └── ApiInterrupted    the exporter is stopping: the request was abandoned
         ├── ApiStatusError        an HTTP error status; carries status, code and error_id
         │   ├── CredentialsRejected   401: the key or token is wrong or revoked
         │   ├── RoleForbidden         403: the account's role may not read usage
         │   ├── NotFound              404
         │   └── RateLimited           429 after the retry budget was spent
         └── ApiPayloadError       an answer that is not the JSON the API documents
+            └── ApiPayloadTooLarge    an answer past its endpoint's size bound
 
 Every ApiError has a short ``reason`` (used as the ``reason`` label of
 ``neo_exporter_errors_total``) and never carries a credential in its message, and says
@@ -74,9 +76,15 @@ class ApiTransportError(ApiError):
 
 
 class ApiTimeout(ApiTransportError):
-    """No answer within the request timeout."""
+    """No whole answer within the request timeout (connecting, headers and body)."""
 
     reason = "timeout"
+
+
+class ApiInterrupted(ApiTransportError):
+    """The exporter was told to stop while the request was in flight or waiting to retry."""
+
+    reason = "interrupted"
 
 
 class ApiStatusError(ApiError):
@@ -140,3 +148,9 @@ class ApiPayloadError(ApiError):
     """The answer was not the JSON the API documents."""
 
     reason = "bad_payload"
+
+
+class ApiPayloadTooLarge(ApiPayloadError):
+    """The answer grew past the size bound of its endpoint; not asked again in this poll."""
+
+    reason = "payload_too_large"

@@ -286,8 +286,18 @@ def wants_openmetrics(accept: str) -> bool:
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding value admits gzip (RFC 9110): named with a q above 0,
+    or not named while ``*`` is, with a q above 0. Names and parameters in any case."""
+    weights: dict[str, float] = {}
     for part in accept_encoding.split(","):
         coding, *params = (p.strip() for p in part.split(";"))
-        if coding.lower() == "gzip":
-            return not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00") for p in params)
-    return False
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value.strip())
+                except ValueError:
+                    weight = 0.0  # unreadable: not taken as a yes
+        weights.setdefault(coding.lower(), weight)
+    return weights.get("gzip", weights.get("*", 0.0)) > 0

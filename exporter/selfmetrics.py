@@ -16,6 +16,7 @@ from prometheus_client import (
 from exporter import __version__
 from exporter.accounting import GUARDED_LABELS, VALUE_FIELDS
 from exporter.catalogue import SELF, MetricSpec
+from exporter.connections import NOISE_REASONS
 
 _HELP = {spec.name: spec for spec in SELF}
 POLL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -60,6 +61,9 @@ class SelfMetrics:
         self.polls = counter("neo_exporter_polls_total")
         self.api_requests = counter("neo_exporter_api_requests_total")
         self.errors = counter("neo_exporter_errors_total")
+        self.http_errors = counter("neo_exporter_http_connection_errors_total")
+        for reason in NOISE_REASONS:
+            self.http_errors.labels(reason)
         self.ledger_runs = gauge("neo_exporter_ledger_runs")
         self.ledger_size = gauge("neo_exporter_ledger_size_bytes")
         self.label_overflow = counter("neo_exporter_label_overflow_total")
@@ -78,3 +82,6 @@ class SelfMetrics:
 
     def observe_request(self, endpoint: str, code: str) -> None:
         self.api_requests.labels(endpoint, code).inc()
+
+    def observe_noise(self, reason: str) -> None:
+        self.http_errors.labels(reason).inc()

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import html
-import sys
+import io
+import ssl
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import structlog
 
 from exporter import __version__
+from exporter.connections import (
+    BoundedServer,
+    HeadTooLarge,
+    NoiseObserver,
+    RequestReader,
+    ServerLimits,
+    SocketWriter,
+    handshake,
+    read_head,
+)
 from exporter.exposition import Exposition, accepts_gzip, wants_openmetrics
 from exporter.webconfig import WebConfig
 
@@ -44,32 +55,6 @@ class Health:
         return True, "ready"
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a stalled client never blocks shutdown
-    allow_reuse_address = True
-    request_queue_size = 64
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        if ":" in address[0]:
-            import socket
-
-            self.address_family = socket.AF_INET6
-        super().__init__(address, handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A request that failed, logged as an event instead of a traceback on stderr.
-
-        A client that goes away mid-answer (a scrape timed out, a probe that hangs up
-        early) is routine: a debug line. Anything else is the exporter's fault: an error
-        with its traceback."""
-        exc = sys.exc_info()[1]
-        client = client_address[0] if isinstance(client_address, tuple) else str(client_address)
-        if isinstance(exc, ConnectionError | TimeoutError):
-            log.debug("client_disconnected", client=client, error=type(exc).__name__)
-            return
-        log.error("request_failed", client=client, error=type(exc).__name__, exc_info=exc)
-
-
 def make_server(
     host: str,
     port: int,
@@ -77,16 +62,82 @@ def make_server(
     health: Health,
     *,
     web: WebConfig | None = None,
-    idle_timeout: float = 30.0,
-) -> ThreadingHTTPServer:
-    """A threaded server; each connection gets a thread and a socket timeout."""
+    limits: ServerLimits | None = None,
+    on_noise: NoiseObserver = lambda _: None,
+) -> BoundedServer:
+    """A threaded server within ``limits`` (exporter.connections); network noise is
+    counted through ``on_noise(reason)``."""
     config = web or WebConfig()
+    bounds = limits or ServerLimits()
 
     class Handler(BaseHTTPRequestHandler):
         server_version = f"neo-exporter/{__version__}"
         protocol_version = "HTTP/1.1"
-        # A client that stops sending is dropped after this many seconds.
-        timeout = idle_timeout
+        # A request line too broken to name a version is answered as HTTP/1.0, with a
+        # status line and headers, not as HTTP/0.9's bare body.
+        default_request_version = "HTTP/1.0"
+        server: BoundedServer
+
+        def version_string(self) -> str:
+            return self.server_version  # not the Python version
+
+        def setup(self) -> None:
+            self.connection = self.request
+            tls = config.tls
+            if tls is not None:
+                handshake(self.request, bounds.request_timeout)
+                if not tls.peer_allowed(self.request.getpeercert()):
+                    raise ssl.SSLError("client certificate without an allowed SAN")
+            self.reader = RequestReader(self.request, bounds)
+            self.rfile = io.BufferedReader(self.reader)
+            self.wfile = SocketWriter(self.request)
+
+        def handle_one_request(self) -> None:
+            self.server.waiting(self.request)
+            try:
+                head = read_head(self.rfile, bounds)
+            except HeadTooLarge:
+                self.close_connection = True
+                self.request.settimeout(bounds.write_timeout)
+                self.command, self.requestline = "", ""
+                self.request_version = self.default_request_version
+                self.send_error(431, "request head too large")
+                return
+            if head is None:
+                self.close_connection = True
+                return
+            self.server.working(self.request)
+            line, _, fields = head.partition(b"\n")
+            self.raw_requestline = line + b"\n"
+            stream, self.rfile = self.rfile, io.BufferedReader(io.BytesIO(fields))
+            try:
+                parsed = self.parse_request()
+            finally:
+                self.rfile = stream
+            self.reader.next_request()
+            self.request.settimeout(bounds.write_timeout)
+            if not parsed:
+                return
+            if self.headers.get("Content-Length", "0").strip() not in ("", "0") or (
+                "Transfer-Encoding" in self.headers
+            ):
+                # A body is never read: the connection ends with this answer, so what
+                # the body holds is never taken for a request of its own.
+                self.close_connection = True
+            method = getattr(self, f"do_{self.command}", None)
+            if method is None:
+                self.send_error(501, "unsupported method")
+                return
+            method()
+            self.wfile.flush()
+
+        def send_error(
+            self, code: int, message: str | None = None, explain: str | None = None
+        ) -> None:
+            if code in (400, 414, 431, 501, 505):
+                self.server.noise("malformed_request", self.client_address, str(code))
+                self.close_connection = True
+            super().send_error(code, message, explain)
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("http_request", client=self.client_address[0], line=format % args)
@@ -159,17 +210,19 @@ def make_server(
             head: bool = False,
         ) -> None:
             self.send_response(status)
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
-            for name, value in (extra or {}).items():
+            for name, value in {**config.headers, **(extra or {})}.items():
                 self.send_header(name, value)
             self.end_headers()
             if not head:
                 self.wfile.write(body)
 
-    server = _Server((host, port), Handler)
+    server = BoundedServer((host, port), Handler, bounds, on_noise)
     if config.tls is not None:
-        server.socket = config.tls.wrap_socket(
+        server.socket = config.tls.context.wrap_socket(
             server.socket, server_side=True, do_handshake_on_connect=False
         )
     return server

@@ -40,6 +40,7 @@ CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
 SECRETS = frozenset({"api_key", "api_token"})
 DURATIONS = frozenset(
     {"poll_interval", "lookback", "request_timeout", "retry_backoff_max", "full_list_interval"}
+    | {"http_request_timeout"}
 )
 BUCKETS = frozenset({"tool_duration_buckets", "run_credits_buckets", "run_duration_buckets"})
 _TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,256}")
@@ -93,6 +94,15 @@ class Settings(BaseSettings):
     retry_backoff_max: float = Field(30.0, gt=0, le=300, description="longest wait between retries")
     web_config_file: Path | None = Field(
         None, description="exporter-toolkit web config (TLS, auth)"
+    )
+    http_max_connections: int = Field(
+        64, ge=1, le=10000, description="HTTP connections (and threads) served at once"
+    )
+    http_request_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="time a client has to send a request head (or finish a TLS handshake)",
     )
     max_label_values: int = Field(100, ge=1, le=10000, description="distinct values per label")
     tool_duration_buckets: Buckets = Field(

@@ -76,11 +76,11 @@ def write_web_config(tmp_path: Path, body: str) -> Path:
     return path
 
 
-def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
+def self_signed(folder: Path, name: str, san: str = "IP:127.0.0.1") -> tuple[Path, Path]:
     cert, key = folder / f"{name}.pem", folder / f"{name}-key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-subj", f"/CN={name}", "-addext", f"subjectAltName={san}",
          "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )  # fmt: skip

@@ -136,3 +136,21 @@ def test_run_with_a_state_path_that_cannot_be_created_names_the_setting(tmp_path
             f"cannot create or open {state}: {blocker} exists and is not a directory"
         ],
     )
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_a_bad_web_config_exits_2_before_anything_is_made_on_disk(
+    tmp_path: Path, command: str
+) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text("tls_server_config:\n  cert_file: c.pem\n  key_file: k.pem\n  min_versoin: x\n")
+    state = tmp_path / "state" / "state.db"
+    env = child_env(
+        api_key=DEMO_API_KEY, web_config_file=str(web), state_path=str(state),
+        listen_address="127.0.0.1:0",
+    )  # fmt: skip
+    done = run_cli(command, env=env)
+    assert done.returncode == 2, done.stderr
+    assert "unknown keys in tls_server_config: ['min_versoin']" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not state.parent.exists()

@@ -514,3 +514,29 @@ def test_a_garbage_retry_after_is_retried_with_the_usual_backoff(header: str) ->
         c.get_summary()
     assert len(sleeps) == 1
     assert 0.25 <= sleeps[0] <= 0.5 or sleeps[0] == 0.0
+
+
+def test_new_rows_forever_past_a_reported_total_are_bounded_by_it() -> None:
+    """A server that makes up new rows forever while reporting a total of 500 is given
+    up on past 500 + ROWS_PAST_TOTAL rows: about a hundred pages, not fifty thousand."""
+    calls: list[httpx.URL] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        offset = int(request.url.params["offset"])
+        calls.append(request.url)
+        rows = [row_of(offset + i) for i in range(200)]
+        return httpx.Response(200, json={"data": rows, "has_more": True, "total": 500})
+
+    with (
+        NeoClient("http://neo", ("api_key", "k" * 20), transport=httpx.MockTransport(handler)) as c,
+        pytest.raises(ApiPayloadError, match="total 500"),
+    ):
+        c.list_stream_usage()
+    assert len(calls) == (500 + client_module.ROWS_PAST_TOTAL) // 200 + 1
+
+
+@pytest.mark.parametrize(
+    ("total", "allowed"), [(None, 10_000_000), (0, 20_000), (500, 20_500), (10_000, 40_000)]
+)
+def test_rows_allowed_past_a_total(total: int | None, allowed: int) -> None:
+    assert client_module.rows_allowed(total) == allowed

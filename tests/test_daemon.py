@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import signal
@@ -22,8 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Exporter
 from exporter.errors import ConfigError, StateError
+from exporter.ledger import Ledger
 from exporter.settings import Settings, load_settings
-from exporter.simulator import DEMO_API_KEY, ScaledClock, SimulatedApi, World
+from exporter.simulator import DEMO_API_KEY, Journal, ScaledClock, SimulatedApi, World
+from tests.conftest import BUCKETS
 
 SECRET = "neo_sk_" + "s3cr3tVALUE" * 3
 
@@ -252,3 +255,82 @@ def test_a_second_exporter_on_the_same_state_file_is_refused(
     first.stop()
     second = build()  # the lock goes with the exporter that held it
     second.stop()
+
+
+def test_http_settings_reach_the_server(api: SimulatedApi, tmp_path: Path) -> None:
+    settings_ = load_settings(
+        argparse.Namespace(),
+        environ={
+            "NEO_EXPORTER_API_URL": api.url, "NEO_EXPORTER_STATE_PATH": str(tmp_path / "s.db"),
+            "NEO_EXPORTER_HTTP_MAX_CONNECTIONS": "3", "NEO_EXPORTER_HTTP_REQUEST_TIMEOUT": "2s",
+        },
+    )  # fmt: skip
+    exporter = Exporter(
+        settings_, ("api_key", SECRET), host="127.0.0.1", port=0, process_metrics=False
+    )
+    exporter.start()
+    try:
+        assert exporter.server.limits.max_connections == 3
+        assert exporter.server.limits.request_timeout == 2.0
+    finally:
+        exporter.stop()
+
+
+def test_sigterm_ends_the_daemon_at_once_while_the_api_hangs(tmp_path: Path) -> None:
+    """With a request timeout of a minute and an API that never answers, SIGTERM still
+    ends the daemon cleanly, long before the request would time out; the ledger keeps
+    the poll committed before."""
+    world = World(seed=6, clock=ScaledClock(datetime.now(UTC), 600), tasks_per_day=1000)
+    state_path = tmp_path / "state.db"
+    with SimulatedApi(world) as api:
+        env = daemon_env(
+            api_url=api.url, api_key=DEMO_API_KEY, state_path=str(state_path),
+            poll_interval="1", listen_address="127.0.0.1:0", request_timeout="60",
+            log_format="json",
+        )  # fmt: skip
+        child = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "run"], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        log = LogWatch(child)
+        try:
+            log.wait_for("poll_finished")
+            api.faults.latency = 3600.0  # from now on every request hangs
+            journal = Journal()
+            api.journal = journal
+            journal.came.wait()  # the poller is in a request that will not be answered
+            child.send_signal(signal.SIGTERM)
+            child.wait(timeout=20)  # a hang guard: the old exporter took over 2 minutes
+        finally:
+            child.kill()
+            child.wait()
+            log.close()
+    assert child.returncode == 0, log.text()[-2000:]
+    assert "exporter_stopped" in log.text()
+    # The poll in flight is interrupted (poll_interrupted) or, when the request that
+    # hung was an optional one (task details), ends without it: never a failed poll.
+    assert "poll_failed" not in log.text()
+    ledger = Ledger(state_path, buckets=BUCKETS, max_label_values=100)
+    try:
+        assert ledger.run_count > 0
+        assert "recent_at" in ledger.meta
+    finally:
+        ledger.close()
+
+
+def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
+    """The first SIGINT asks for an orderly stop; a second one ends the process even
+    when that stop has not finished (here it never would)."""
+    script = (
+        "import os, signal, threading, time\n"
+        "from exporter.cli import _install_signal_handlers\n"
+        "_install_signal_handlers(threading.Event())\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "while True:\n"
+        "    time.sleep(1)  # an orderly stop that never ends\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, timeout=20, check=False
+    )
+    assert child.returncode == 128 + signal.SIGINT, child.stderr

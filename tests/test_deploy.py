@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from exporter.app import STOP_GRACE_SECONDS
 from exporter.catalogue import all_specs
 from tests.deploy_files import (
     RULE_FILES,
@@ -548,6 +549,16 @@ def test_deployment_is_one_replica_recreated_on_update() -> None:
     assert spec["replicas"] == 1
     assert spec["strategy"] == {"type": "Recreate"}
     assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+
+
+def test_grace_periods_cover_the_exporters_stop() -> None:
+    """Kubernetes (30 s) and docker stop (10 s) kill at their own defaults; both are set,
+    longer than the exporter's own grace plus a second for the server to close."""
+    pod = manifest("deployment.yaml")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] >= STOP_GRACE_SECONDS + 5
+    grace = compose()["services"]["exporter"]["stop_grace_period"]
+    assert grace.endswith("s")
+    assert int(grace[:-1]) >= STOP_GRACE_SECONDS + 5
 
 
 def test_service_selects_the_pods_and_targets_the_container_port() -> None:

@@ -227,8 +227,12 @@ def test_content_negotiation(accept: str, expected: bool) -> None:
 
 @pytest.mark.parametrize(
     ("header", "expected"),
-    [("gzip", True), ("deflate, gzip;q=0.5", True), ("gzip;q=0", False), ("br", False)],
-)
+    [
+        ("gzip", True), ("deflate, gzip;q=0.5", True), ("gzip;q=0", False), ("br", False),
+        ("GZIP;Q=0", False), ("gzip;q=0.000", False), ("gzip ; q = 0", False),
+        ("gzip;q=junk", False), ("*", True), ("br, *;q=0", False), ("*;q=0, gzip", True),
+    ],
+)  # fmt: skip
 def test_gzip_negotiation(header: str, expected: bool) -> None:
     assert accepts_gzip(header) is expected
 

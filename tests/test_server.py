@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import socket
 import ssl
@@ -17,6 +18,7 @@ import pytest
 import structlog.testing
 from prometheus_client import CollectorRegistry
 
+from exporter.connections import ServerLimits
 from exporter.exposition import Exposition
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import Health, make_server
@@ -24,11 +26,14 @@ from exporter.webconfig import WebConfig, load_web_config
 from tests.conftest import self_signed, write_web_config
 
 
-def serve(health: Health, web: WebConfig | None = None) -> Iterator[str]:
+def serve(
+    health: Health, web: WebConfig | None = None, limits: ServerLimits | None = None
+) -> Iterator[str]:
     own = SelfMetrics(process=False)
     exposition = Exposition(CollectorRegistry(), own.registry)
-    server = make_server("127.0.0.1", 0, exposition, health, web=web, idle_timeout=2)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    bounds = limits or ServerLimits(request_timeout=2, idle_timeout=2)
+    server = make_server("127.0.0.1", 0, exposition, health, web=web, limits=bounds)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     scheme = "https" if web and web.tls else "http"
     try:
@@ -125,8 +130,8 @@ def test_a_request_that_fails_is_an_event_not_a_traceback(
     finally:
         server.server_close()
     assert [(e["event"], e["log_level"], e["error"]) for e in events] == [
-        ("client_disconnected", "debug", "BrokenPipeError"),
-        ("client_disconnected", "debug", "ConnectionResetError"),
+        ("http_connection_error", "debug", "BrokenPipeError"),
+        ("http_connection_error", "debug", "ConnectionResetError"),
         ("request_failed", "error", "KeyError"),
     ]
     assert capsys.readouterr().err == ""
@@ -179,3 +184,68 @@ def test_client_certificates_are_required_with_a_client_ca(tmp_path: Path, healt
             httpx.get(f"{url}/healthz", verify=trusted)  # no client certificate
         trusted.load_cert_chain(client_cert, client_key)
         assert httpx.get(f"{url}/healthz", verify=trusted).status_code == 200
+
+
+def test_client_allowed_sans_admit_only_the_names_listed(tmp_path: Path, health: Health) -> None:
+    server_cert, _ = self_signed(tmp_path, "server")
+    good = self_signed(tmp_path, "good", san="DNS:scraper.example")
+    bad = self_signed(tmp_path, "bad", san="DNS:other.example")
+    (tmp_path / "clients.pem").write_text(good[0].read_text() + bad[0].read_text())
+    config = (
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server-key.pem\n"
+        "  client_ca_file: clients.pem\n  client_allowed_sans: [scraper.example]\n"
+    )
+    web = load_web_config(write_web_config(tmp_path, config))
+    for url in serve(health, web):
+        for (cert, key), admitted in ((good, True), (bad, False)):
+            context = ssl.create_default_context(cafile=server_cert)
+            context.load_cert_chain(cert, key)
+            if admitted:
+                assert httpx.get(f"{url}/healthz", verify=context).status_code == 200
+            else:
+                with pytest.raises(httpx.RemoteProtocolError):
+                    httpx.get(f"{url}/healthz", verify=context)
+
+
+def test_any_password_gets_an_answer(tmp_path: Path, health: Health) -> None:
+    """Past bcrypt's 72 bytes, or not UTF-8: 401, never a dropped connection; the scheme
+    name in any case; the config's extra headers on every answer."""
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    body = (
+        f"basic_auth_users:\n  prom: '{hashed}'\n"
+        "http_server_config:\n  headers:\n    X-Frame-Options: deny\n"
+    )
+    web = load_web_config(write_web_config(tmp_path, body))
+    for url in serve(health, web):
+        long = httpx.get(f"{url}/metrics", auth=("prom", "x" * 100))
+        assert long.status_code == 401
+        assert long.headers["x-frame-options"] == "deny"
+        raw = base64.b64encode(b"prom:s3cret").decode()
+        lower = httpx.get(f"{url}/healthz", headers={"Authorization": f"basic {raw}"})
+        assert lower.status_code == 200
+        assert lower.headers["x-frame-options"] == "deny"
+
+
+def test_curve_preferences_are_honoured_over_the_wire(tmp_path: Path, health: Health) -> None:
+    """With curve_preferences [CurveP384], a client offering only P-256 is refused, in
+    TLS 1.2 and 1.3 alike; one offering P-384 is served (openssl s_client as client)."""
+    self_signed(tmp_path, "server")
+    config = (
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server-key.pem\n"
+        "  curve_preferences: [CurveP384]\n"
+    )
+    web = load_web_config(write_web_config(tmp_path, config))
+    for url in serve(health, web):
+        address = url.removeprefix("https://")
+        outcomes = {}
+        for group in ("P-256", "P-384"):
+            for version in ("-tls1_2", "-tls1_3"):
+                done = subprocess.run(
+                    ["openssl", "s_client", "-connect", address, "-groups", group, version],
+                    input=b"", capture_output=True, timeout=30, check=False,
+                )  # fmt: skip
+                outcomes[group, version] = b"Cipher is (NONE)" not in done.stdout
+    assert outcomes == {
+        ("P-256", "-tls1_2"): False, ("P-256", "-tls1_3"): False,
+        ("P-384", "-tls1_2"): True, ("P-384", "-tls1_3"): True,
+    }  # fmt: skip

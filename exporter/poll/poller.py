@@ -14,7 +14,7 @@ import structlog
 from exporter.accounting import Deltas
 from exporter.balance import BalanceReader
 from exporter.client import NeoClient
-from exporter.errors import ExporterError
+from exporter.errors import ApiInterrupted, ExporterError
 from exporter.ledger import Ledger
 from exporter.poll.cycle import PollCycle
 from exporter.poll.fetch import Fetcher
@@ -93,6 +93,9 @@ class Poller:
         started = time.monotonic()
         try:
             report = self.poll_once()
+        except ApiInterrupted:  # the exporter is stopping: not a failure of the API
+            log.info("poll_interrupted")
+            return None
         except ExporterError as exc:
             self.metrics.polls.labels("failure").inc()
             self.metrics.last_poll_success.set(0)

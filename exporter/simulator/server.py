@@ -85,6 +85,19 @@ def error_body(status: int, code: str, message: str) -> bytes:
     )
 
 
+class Journal(list[str]):
+    """A request journal (``SimulatedApi.journal``) that also says when a request has
+    come in: ``came`` is set at the first, so a test waits for it instead of sleeping."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.came = threading.Event()
+
+    def append(self, item: str) -> None:
+        super().append(item)
+        self.came.set()
+
+
 class SimulatedApi:
     """Serves a ``World`` over HTTP like the Neo API does; ``start()`` then use ``url``."""
 
