@@ -20,6 +20,7 @@ from exporter import __version__
 from exporter.app import Exporter
 from exporter.durations import parse_duration
 from exporter.errors import ConfigError, ExporterError
+from exporter.identity import NEW_LEDGER_FLAG
 from exporter.logs import configure_logging, register_secret
 from exporter.settings import (
     Settings,
@@ -59,7 +60,16 @@ def _parser() -> argparse.ArgumentParser:
         ("check-config", "validate the settings and print them, secrets masked"),
         ("demo", "run the simulated Neo API and the exporter together, on loopback"),
     ):
-        add_settings_arguments(commands.add_parser(name, help=text, description=text))
+        command = commands.add_parser(name, help=text, description=text)
+        add_settings_arguments(command)
+        if name == "run":
+            command.add_argument(
+                NEW_LEDGER_FLAG,
+                action="store_true",
+                help="if the ledger at STATE_PATH counts another API or account, set it aside "
+                "(renamed to STATE_PATH.<UTC time>, kept) and start a new one from zero; a "
+                "ledger of the same API and account is kept",
+            )
     text = "write past usage as timestamped OpenMetrics for promtool tsdb create-blocks-from"
     back = commands.add_parser("backfill", help=text, description=text)
     add_settings_arguments(back)
@@ -223,7 +233,10 @@ def _run(args: argparse.Namespace, *, demo: bool) -> int:
             credential = settings.require_credential()
         register_secret(credential[1])
         host, port = listen_host_port(settings)
-        exporter = Exporter(settings, credential, host=host, port=port, clock=clock)
+        exporter = Exporter(
+            settings, credential, host=host, port=port, clock=clock,
+            new_ledger=getattr(args, "new_ledger", False), on_fatal=stop.set,
+        )  # fmt: skip
     except ConfigError as exc:
         print(f"neo-exporter: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -244,6 +257,9 @@ def _run(args: argparse.Namespace, *, demo: bool) -> int:
         )
     stop.wait()
     exporter.stop()
+    if exporter.fatal is not None:
+        print(f"neo-exporter: {exporter.fatal}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exporter.fatal, ConfigError) else EXIT_STATE
     return 0
 
 

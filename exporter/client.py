@@ -38,6 +38,7 @@ from exporter.models import (
     TaskInfo,
     TaskUsage,
     UsageSummary,
+    UserProfile,
     describe_validation_error,
 )
 
@@ -51,6 +52,7 @@ TASKS = "/api/v1/tasks"
 TASK = "/api/v1/tasks/{id}"
 SUMMARY = "/api/v1/usage/summary"
 CREDITS = "/api/v1/billing/credits"
+USER = "/api/v1/user"
 
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
@@ -300,6 +302,10 @@ class NeoClient:
 
     def get_credits(self) -> CreditBalance:
         return self._parse(CREDITS, CreditBalance, self._get(CREDITS, CREDITS))
+
+    def get_user(self) -> UserProfile:
+        """Who the credential belongs to: its user and team."""
+        return self._parse(USER, UserProfile, self._get(USER, USER))
 
     # -- paging ---------------------------------------------------------------
 
