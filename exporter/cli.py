@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import tempfile
@@ -80,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
         "--to",
         dest="end",
         type=_moment,
-        help="end, exclusive (default: the baseline in STATE_PATH if it exists, else now)",
+        help="end, exclusive (default: the baseline of the live exporter's ledger at "
+        "STATE_PATH; without that ledger --to is required)",
     )
     back.add_argument("--step", default="5m", help="sample resolution (default %(default)s)")
     back.add_argument("--output", "-o", type=Path, help="file to write (default: standard output)")
@@ -134,9 +136,17 @@ def _backfill(args: argparse.Namespace) -> int:
         summary = run_backfill(
             settings, credential, start=args.start, end=args.end, step=step, output=args.output
         )
+    except ConfigError as exc:  # a usage mistake (the range, the output file)
+        print(f"neo-exporter: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ExporterError as exc:
         print(f"neo-exporter: {exc}", file=sys.stderr)
         return EXIT_STATE
+    except BrokenPipeError:
+        # The reader went away (`| head`): it has what it wanted. Standard output goes
+        # to /dev/null, so that the flush at exit does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     print(summary, file=sys.stderr)
     return 0
 

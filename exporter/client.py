@@ -57,6 +57,7 @@ USER = "/api/v1/user"
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
 RequestObserver = Callable[[str, str], None]
+PageObserver = Callable[[int, int | None], None]  # rows received so far, the API's total
 
 
 @dataclass(frozen=True)
@@ -221,10 +222,12 @@ class NeoClient:
         task_id: str | None = None,
         fingerprint: Fingerprint | None = None,
         known: Mapping[str, int | None] | None = None,
+        on_page: PageObserver | None = None,
     ) -> Listing[R]:
         """``list_stream_usage``, with each new or changed row handed to ``convert``
         (with its fingerprint) as soon as its page is decoded: a large listing then holds
-        only what ``convert`` keeps, not every decoded row."""
+        only what ``convert`` keeps, not every decoded row. ``on_page(rows, total)`` is
+        told after each page the rows received so far and the ``total`` the API reports."""
         params: dict[str, str] = {}
         if since is not None:
             params["from"] = _iso(since)
@@ -233,8 +236,9 @@ class NeoClient:
         if task_id is not None:
             params["task_id"] = task_id
         return self._list(
-            STREAMS, params, convert, key=lambda r: r.stream_id, fp=fingerprint, known=known
-        )
+            STREAMS, params, convert, key=lambda r: r.stream_id, fp=fingerprint, known=known,
+            on_page=on_page,
+        )  # fmt: skip
 
     def list_task_usage(self, *, since: datetime | None = None) -> Listing[TaskUsage]:
         """Every per-task aggregate row created since ``since``."""
@@ -317,6 +321,7 @@ class NeoClient:
         key: Callable[[TaskUsage], str | None],
         fp: Fingerprint | None = None,
         known: Mapping[str, int | None] | None = None,
+        on_page: PageObserver | None = None,
     ) -> Listing[R]:
         listing: Listing[R] = Listing()
         seen: dict[str, int] = {}
@@ -353,6 +358,8 @@ class NeoClient:
             # reported when the row was counted: not again at every poll.
             unchanged = listing.unchanged
             listing.defects += [d for d in page.defects if d.stream_id not in unchanged]
+            if on_page is not None:
+                on_page(len(seen) + len(unchanged) + len(listing.invalid), page.total)
         return listing
 
     def _pages(
