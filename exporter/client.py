@@ -7,6 +7,8 @@ import email.utils
 import json
 import math
 import random
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -176,6 +178,8 @@ class NeoClient:
             ),
             follow_redirects=False,
         )
+        url = self._http.base_url
+        self._host = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
@@ -487,15 +491,18 @@ class NeoClient:
                 # cyclic collector runs, which a poll pauses.
                 with self._http.stream("GET", path, params=params) as response:
                     content = b"".join(response.iter_bytes())
-            except httpx.TimeoutException:
+            except httpx.TimeoutException as exc:
                 self._observe(endpoint, "timeout")
+                phase = "no connection" if isinstance(exc, httpx.ConnectTimeout) else "no answer"
                 raise ApiTimeout(
-                    f"{endpoint}: no answer within the timeout", endpoint=endpoint
+                    f"{endpoint}: {phase} from {self._host} within the timeout",
+                    endpoint=endpoint,
                 ) from None
             except httpx.HTTPError as exc:
                 self._observe(endpoint, "error")
                 raise ApiTransportError(
-                    f"{endpoint}: connection failed ({type(exc).__name__})", endpoint=endpoint
+                    f"{endpoint}: connection to {self._host} failed: {transport_failure(exc)}",
+                    endpoint=endpoint,
                 ) from None
         self._observe(endpoint, str(response.status_code))
         if response.status_code >= 400:
@@ -510,6 +517,32 @@ class NeoClient:
     def _observe(self, endpoint: str, code: str) -> None:
         if self._on_request is not None:
             self._on_request(endpoint, code)
+
+
+def transport_failure(exc: BaseException) -> str:
+    """What failed under an httpx error, in words: DNS, TLS verification, refused, reset.
+
+    Read from the exceptions it was raised from (the socket's and ssl's own); never the
+    request, so never a header or credential."""
+    cause: BaseException | None = exc
+    for _ in range(8):
+        if cause is None:
+            break
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (
+                f"TLS certificate verification failed ({cause.verify_message}); a private "
+                "CA is trusted with SSL_CERT_FILE (see the README)"
+            )
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS error ({cause.reason or cause.strerror})"
+        if isinstance(cause, socket.gaierror):
+            return f"DNS lookup failed ({cause.strerror})"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, ConnectionResetError):
+            return "connection reset by the server"
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(exc).__name__} ({str(exc)[:200]})" if str(exc) else type(exc).__name__
 
 
 def _quote(value: str) -> str:
