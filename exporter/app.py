@@ -21,6 +21,7 @@ from exporter.errors import ExporterError, IdentityError, StateError
 from exporter.exposition import Exposition
 from exporter.identity import IdentityCheck, new_ledger_if_other
 from exporter.ledger import Ledger, PollChanges
+from exporter.logs import register_secret
 from exporter.poll import Poller, Timing
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import Health, make_server
@@ -78,6 +79,8 @@ class Exporter:
         # on_fatal is called, and the command exits with it.
         self.fatal: ExporterError | None = None
         self._on_fatal = on_fatal
+        self._credential = credential
+        self._rejected = False  # the API answered 401 or 403: read a key file again
         # Everything that can be refused is, before anything is created on disk.
         web = load_web_config(settings.web_config_file) if settings.web_config_file else WebConfig()
         probe_listen(host, port)
@@ -92,7 +95,7 @@ class Exporter:
                     max_retries=settings.max_retries, backoff_max=settings.retry_backoff_max
                 ),
                 transport=transport,
-                on_request=self.metrics.observe_request,
+                on_request=self._observe_request,
             )
             if new_ledger:
                 new_ledger_if_other(settings.state_path, self.client, settings.api_url, clock())
@@ -158,6 +161,7 @@ class Exporter:
         /readyz answer 503; another account's ledger also stops the daemon."""
         try:
             self.guard.check()
+            self._reload_credential()
             self.identity.check_account()
         except IdentityError as exc:
             self.health.failing = "the ledger counts another account"
@@ -168,6 +172,28 @@ class Exporter:
             self.health.failing = f"state file unusable: {exc}"
             raise
         self.health.failing = None
+
+    def _observe_request(self, endpoint: str, code: str) -> None:
+        self.metrics.observe_request(endpoint, code)
+        if code in ("401", "403"):
+            self._rejected = True
+
+    def _reload_credential(self) -> None:
+        """After the API rejected the credential, read its file again: a rotated key
+        takes effect at the next poll, without a restart (and the account behind it is
+        checked again before anything is counted)."""
+        settings = self.settings
+        if not self._rejected or (settings.api_key_file or settings.api_token_file) is None:
+            return
+        self._rejected = False
+        credential = settings.require_credential()  # ConfigError if it cannot be read
+        if credential == self._credential:
+            return
+        register_secret(credential[1])
+        self.client.use_credential(credential)
+        self._credential = credential
+        self.identity.confirmed = False
+        log.info("credential_reloaded", kind=credential[0])
 
     def _member_salt(self) -> bytes:
         """This installation's key for member pseudonyms, made once and kept."""

@@ -162,15 +162,9 @@ class NeoClient:
         on_request: RequestObserver | None = None,
         seed: int | None = None,
     ) -> None:
-        kind, secret = credential
-        headers = {"Accept": "application/json", "User-Agent": f"neo-exporter/{__version__}"}
-        if kind == "api_key":
-            headers["X-Api-Key"] = secret
-        else:
-            headers["Authorization"] = f"Bearer {secret}"
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
-            headers=headers,
+            headers={"Accept": "application/json", "User-Agent": f"neo-exporter/{__version__}"},
             timeout=httpx.Timeout(timeout),
             transport=transport,
             limits=httpx.Limits(
@@ -178,6 +172,7 @@ class NeoClient:
             ),
             follow_redirects=False,
         )
+        self.use_credential(credential)
         url = self._http.base_url
         self._host = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
         self._slots = threading.BoundedSemaphore(max_concurrent)
@@ -186,6 +181,17 @@ class NeoClient:
         self._on_request = on_request
         self._rng = random.Random(seed)
         self._noted: set[tuple[str, str]] = set()  # paging inconsistencies logged once
+
+    def use_credential(self, credential: tuple[Literal["api_key", "token"], str]) -> None:
+        """Authenticate the requests from now on with *credential* (a rotated key)."""
+        kind, secret = credential
+        headers = self._http.headers
+        headers.pop("X-Api-Key", None)
+        headers.pop("Authorization", None)
+        if kind == "api_key":
+            headers["X-Api-Key"] = secret
+        else:
+            headers["Authorization"] = f"Bearer {secret}"
 
     def close(self) -> None:
         self._http.close()

@@ -8,7 +8,7 @@ meta table, and the exporter refuses to count anything else into it:
 - the API base URL, checked at start (no request needed);
 - the account behind the credential (``team <id>`` for a team's key, ``user <email>``
   for a solo user's), as ``GET /api/v1/user`` tells it: read before the first poll
-  counts anything.
+  counts anything, and again after a rotated key was read.
 
 A ledger that records neither (written by an older version) adopts what it meets first.
 """
