@@ -42,6 +42,7 @@ DURATIONS = frozenset(
     {"poll_interval", "lookback", "request_timeout", "retry_backoff_max", "full_list_interval"}
 )
 BUCKETS = frozenset({"tool_duration_buckets", "run_credits_buckets", "run_duration_buckets"})
+PATHS = frozenset({"api_key_file", "api_token_file", "state_path", "web_config_file"})
 _TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,256}")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
 _PORT = re.compile(r"[0-9]{1,5}")
@@ -397,7 +398,8 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     config_file = getattr(args, "config_file", None) or env.get(CONFIG_FILE_ENV) or None
     if config_file is not None:
         for name, value in _read_config_file(Path(config_file)).items():
-            values[name], sources[name] = value, f"config file {config_file}"
+            values[name] = _beside(Path(config_file), value) if name in PATHS else value
+            sources[name] = f"config file {config_file}"
     for variable, value in sorted(env.items()):
         if not variable.startswith(ENV_PREFIX) or variable == CONFIG_FILE_ENV or value == "":
             continue
@@ -420,6 +422,14 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         _MERGED.reset(token)
     settings._sources.update(sources)
     return settings
+
+
+def _beside(config_file: Path, value: Any) -> Any:
+    """A relative path in the config file, as relative to the file's own directory (as the
+    web config's paths are to theirs), not to wherever the exporter was started."""
+    if isinstance(value, str) and value and not Path(value).is_absolute():
+        return str(config_file.parent / value)
+    return value
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:

@@ -159,6 +159,19 @@ def test_config_file_sets_values_of_every_kind(tmp_path: Path) -> None:
     assert settings.source("poll_interval") == f"config file {path}"
 
 
+def test_relative_paths_in_a_config_file_are_relative_to_its_directory(tmp_path: Path) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    path = write_config(
+        folder, "state_path: data/state.db\napi_key_file: key\nweb_config_file: /abs/web.yml\n"
+    )
+    settings = load("--config-file", str(path), "--api-token-file", "token")
+    assert settings.state_path == folder / "data" / "state.db"
+    assert settings.api_key_file == folder / "key"
+    assert settings.web_config_file == Path("/abs/web.yml")
+    assert settings.api_token_file == Path("token")  # a flag: relative to the working dir
+
+
 def test_config_file_from_the_environment(tmp_path: Path) -> None:
     path = write_config(tmp_path, "max_label_values: 7\n")
     settings = load(env={"NEO_EXPORTER_CONFIG_FILE": str(path)})
