@@ -25,13 +25,13 @@ from exporter.logs import register_secret
 from exporter.poll import Poller, Timing
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import Health, make_server
+from exporter.settings import Settings, browser_url
 from exporter.statefile import StateGuard, lock_state
 from exporter.webconfig import WebConfig, load_web_config
 
 if TYPE_CHECKING:
     from http.server import ThreadingHTTPServer
 
-    from exporter.settings import Settings
 
 log = structlog.get_logger(__name__)
 MEMBER_SALT_KEY = "member_salt"
@@ -223,7 +223,8 @@ class Exporter:
         poll.start()
         log.info(
             "exporter_started",
-            url=self.url,
+            url=browser_url(self.url),  # an address to browse to, not 0.0.0.0
+            listen_address=self.settings.listen_address,
             state_path=str(self.settings.state_path),
             runs_restored=self.ledger.run_count,
         )

@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING, Literal
 import structlog
 
 from exporter import __version__
-from exporter.app import Exporter
 from exporter.durations import parse_duration
-from exporter.errors import ConfigError, ExporterError
-from exporter.identity import NEW_LEDGER_FLAG
+from exporter.errors import NEW_LEDGER_FLAG, ConfigError, ExporterError
 from exporter.logs import configure_logging, register_secret
 from exporter.settings import (
     Settings,
     add_settings_arguments,
+    browser_url,
     describe,
     listen_host_port,
     load_settings,
@@ -35,8 +34,8 @@ from exporter.settings import (
 if TYPE_CHECKING:
     from exporter.simulator import ScaledClock
 
-# The simulator and the backfill are imported by their commands only: `run` starts
-# faster without them.
+# The daemon, the simulator and the backfill are imported by their commands only: `run`
+# starts faster without the other two, and --version and --help without any.
 
 log = structlog.get_logger(__name__)
 
@@ -44,8 +43,6 @@ EXIT_USAGE = 2
 EXIT_STATE = 3
 # The demo is a local toy: it listens on loopback unless told otherwise.
 DEMO_LISTEN_ADDRESS = "127.0.0.1:9877"
-# Addresses that mean "every interface": bound to, never browsed to.
-_WILDCARDS = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -185,13 +182,6 @@ def demo_settings(settings: Settings, api_url: str) -> Settings:
     return settings.model_copy(update=updates)
 
 
-def browser_url(url: str) -> str:
-    """*url* with a wildcard host (``0.0.0.0``, ``[::]``) replaced by loopback."""
-    scheme, _, rest = url.partition("://")
-    host, colon, port = rest.rpartition(":")
-    return f"{scheme}://{_WILDCARDS.get(host, host)}{colon}{port}"
-
-
 def _start_demo(settings: Settings, stop: threading.Event) -> _Demo:
     """Start the simulator on loopback and point the settings at it."""
     from exporter.simulator import ScaledClock, SimulatedApi, World
@@ -243,6 +233,8 @@ def _run(args: argparse.Namespace, *, demo: bool) -> int:
             credential = settings.require_credential()
         register_secret(credential[1])
         host, port = listen_host_port(settings)
+        from exporter.app import Exporter
+
         exporter = Exporter(
             settings, credential, host=host, port=port, clock=clock,
             new_ledger=getattr(args, "new_ledger", False), on_fatal=stop.set,

@@ -41,6 +41,10 @@ class ConfigError(ExporterError):
     reason = "config"
 
 
+# The flag an IdentityError's message offers: start a new ledger on purpose.
+NEW_LEDGER_FLAG = "--new-ledger"
+
+
 class IdentityError(ConfigError):
     """The ledger counts another API or account than the one the settings point at."""
 

@@ -23,14 +23,13 @@ from pathlib import Path
 import structlog
 
 from exporter.client import NeoClient
-from exporter.errors import ApiStatusError, IdentityError
+from exporter.errors import NEW_LEDGER_FLAG, ApiStatusError, IdentityError
 from exporter.ledger import Ledger, LedgerReader, PollChanges
 
 log = structlog.get_logger(__name__)
 
 API_URL_KEY = "identity_api_url"
 ACCOUNT_KEY = "identity_account"
-NEW_LEDGER_FLAG = "--new-ledger"
 
 
 def account_of(client: NeoClient) -> str | None:

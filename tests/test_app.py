@@ -1,4 +1,4 @@
-"""The wiring: a key file rotated on disk is read again once the API rejects the old key."""
+"""The wiring: a rotated key file read again after a 401, the address it says it serves on."""
 
 from __future__ import annotations
 
@@ -39,3 +39,19 @@ def test_a_rotated_key_file_takes_effect_at_the_next_poll(tmp_path: Path) -> Non
             assert not any(OLD_KEY in str(e) or NEW_KEY in str(e) for e in logs)
         finally:
             exporter.stop()
+
+
+def test_the_started_line_gives_an_address_to_browse_to(tmp_path: Path) -> None:
+    """Bound to every interface (0.0.0.0), the log says where a browser can go."""
+    world = World(seed=5, clock=ScaledClock(datetime.now(UTC), 1), tasks_per_day=50)
+    with SimulatedApi(world, api_key=OLD_KEY) as api:
+        settings = Settings(api_url=api.url, state_path=tmp_path / "state.db")
+        exporter = Exporter(
+            settings, ("api_key", OLD_KEY), host="0.0.0.0", port=0, process_metrics=False
+        )
+        with capture_logs() as logs:
+            exporter.start()
+        exporter.stop()
+    (started,) = [e for e in logs if e["event"] == "exporter_started"]
+    port = exporter.server.server_address[1]
+    assert started["url"] == f"http://127.0.0.1:{port}"
