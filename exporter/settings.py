@@ -9,7 +9,7 @@ import itertools
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -44,6 +44,7 @@ DURATIONS = frozenset(
 BUCKETS = frozenset({"tool_duration_buckets", "run_credits_buckets", "run_duration_buckets"})
 PATHS = frozenset({"api_key_file", "api_token_file", "state_path", "web_config_file"})
 CREDENTIALS = frozenset({"api_key", "api_token", "api_key_file", "api_token_file"})
+SIMULATOR = frozenset({"sim_speed", "sim_tasks_per_day"})
 _TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,256}")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
 _PORT = re.compile(r"[0-9]{1,5}")
@@ -399,8 +400,14 @@ def _config_error(exc: ValidationError, sources: Mapping[str, str]) -> ConfigErr
     return ConfigError("\n".join(lines))
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config-file`` and one flag per setting; unset flags leave the attribute absent."""
+def add_settings_arguments(
+    parser: argparse.ArgumentParser,
+    names: Collection[str] | None = None,
+    defaults: Mapping[str, str] | None = None,
+) -> None:
+    """``--config-file`` and one flag per setting in *names* (default: all), their help
+    showing *defaults* where the command's own differ; unset flags leave the attribute
+    absent."""
     parser.add_argument(
         "--config-file",
         type=Path,
@@ -412,8 +419,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         option = flag(name)
         if option is None:  # secrets on a command line leak through ps and shell history
             continue
+        if names is not None and name not in names:
+            continue
         default = field.get_default(call_default_factory=True)
         shown = "unset" if default is None else _render_value(name, default)
+        shown = (defaults or {}).get(name, shown)
         text = f"{field.description} (env {ENV_PREFIX}{name.upper()}; default {shown})"
         text = text.replace("%", "%%")
         if field.annotation is bool:
