@@ -189,12 +189,17 @@ def said_until(command: list[str], env: dict[str, str], wanted: str) -> list[str
     try:
         return lines_until(child.stderr, wanted)
     finally:
-        child.terminate()
-        child.communicate(timeout=30)
+        child.terminate()  # the daemon finishes the poll in flight, then exits
+        try:
+            child.communicate(timeout=120)
+        finally:
+            child.kill()  # a no-op once it exited; never a child left running
+            child.communicate()
 
 
 def test_demo_removes_its_temporary_ledger_on_exit() -> None:
-    env = child_env(listen_address="127.0.0.1:0", log_format="json")
+    # A small world: the first poll, which a stop waits for, is short.
+    env = child_env(listen_address="127.0.0.1:0", log_format="json", sim_tasks_per_day="20")
     seen = said_until(["demo"], env, "Exporter:")
     (started,) = [json.loads(s) for s in seen if '"exporter_started"' in s]
     state = Path(started["state_path"])
