@@ -24,7 +24,7 @@ from exporter.accounting import Observation, run_key
 from exporter.catalogue import RUN_COUNTERS, RUNS, MetricSpec
 from exporter.client import NeoClient, RetryPolicy
 from exporter.errors import ConfigError, IdentityError
-from exporter.identity import API_URL_KEY
+from exporter.identity import ACCOUNT_KEY, account_mismatch, account_of, url_mismatch
 from exporter.ledger import LedgerReader
 from exporter.models import TaskUsage
 from exporter.progress import fetch_progress, terminal_progress
@@ -195,6 +195,16 @@ def backfill_end(
     return end
 
 
+def refuse_other(problem: str | None) -> None:
+    """Refuse a ledger of another API or account (*problem* says which): its baseline
+    says nothing of where the counting of this one began."""
+    if problem is not None:
+        raise IdentityError(
+            f"{problem}: its baseline is not where the live counting of this one began. "
+            "Point --state-path at the ledger of the exporter that counts it"
+        )
+
+
 def check_output(output: Path | None) -> None:
     """Refuse an output file that cannot be written before anything is fetched."""
     if output is None:
@@ -220,12 +230,8 @@ def run_backfill(
     """Fetch the range and write it; returns a one-line summary for the terminal."""
     live = read_live_state(settings.state_path)
     end = backfill_end(live, settings.state_path, start, end)
-    recorded = LedgerReader(settings.state_path).meta().get(API_URL_KEY)
-    if recorded is not None and recorded != settings.api_url:
-        raise IdentityError(
-            f"the ledger at {settings.state_path} counts the API {recorded}, not "
-            f"{settings.api_url}: its baseline says nothing of that API's runs"
-        )
+    meta = LedgerReader(settings.state_path).meta()
+    refuse_other(url_mismatch(meta, settings.state_path, settings.api_url))
     check_output(output)
     bar = terminal_progress()
     with NeoClient(
@@ -235,6 +241,8 @@ def run_backfill(
         max_concurrent=settings.max_concurrent_requests,
         retry=RetryPolicy(max_retries=settings.max_retries, backoff_max=settings.retry_backoff_max),
     ) as client:
+        if ACCOUNT_KEY in meta:
+            refuse_other(account_mismatch(meta, settings.state_path, account_of(client)))
         rows, invalid = fetch_rows(client, start, end, fetch_progress())
     if sys.stderr.isatty():
         sys.stderr.write("\n")

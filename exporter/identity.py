@@ -46,30 +46,30 @@ def account_of(client: NeoClient) -> str | None:
     return f"user {user.email}" if user.email else None
 
 
-def _mismatch(path: Path, what: str, stored: str, current: str) -> IdentityError:
-    return IdentityError(
-        f"the ledger {path} counts the {what} {stored}, but the settings point at "
-        f"{current}: its totals would be served as the other's and its runs never counted "
-        f"for it. Point state_path at a ledger of {current}, or start once with "
-        f"{NEW_LEDGER_FLAG} to set this ledger aside (renamed, kept) and count from zero "
-        "(Prometheus sees a counter reset)"
-    )
-
-
-def url_mismatch(meta: Mapping[str, str], path: Path, api_url: str) -> IdentityError | None:
+def url_mismatch(meta: Mapping[str, str], path: Path, api_url: str) -> str | None:
+    """What differs, if the ledger whose *meta* this is counts another API."""
     stored = meta.get(API_URL_KEY)
     if stored is None or stored == api_url:
         return None
-    return _mismatch(path, "API", stored, api_url)
+    return f"the ledger {path} counts the API {stored}, but the settings point at {api_url}"
 
 
-def account_mismatch(
-    meta: Mapping[str, str], path: Path, account: str | None
-) -> IdentityError | None:
+def account_mismatch(meta: Mapping[str, str], path: Path, account: str | None) -> str | None:
+    """What differs, if the ledger whose *meta* this is counts another account."""
     stored = meta.get(ACCOUNT_KEY)
     if stored is None or account is None or stored == account:
         return None
-    return _mismatch(path, "account", stored, f"{account} (the account of the credential)")
+    return f"the ledger {path} counts the account {stored}, but the credential is {account}'s"
+
+
+def refusal(problem: str) -> IdentityError:
+    """The daemon's refusal to count into another API's or account's ledger."""
+    return IdentityError(
+        f"{problem}: its totals would be served as the other's and its runs never counted "
+        "for it. Point state_path at the ledger of what the settings point at, or start "
+        f"once with {NEW_LEDGER_FLAG} to set this ledger aside (renamed, kept) and count "
+        "from zero (Prometheus sees a counter reset)"
+    )
 
 
 def set_aside(path: Path, now: datetime) -> Path:
@@ -117,7 +117,7 @@ class IdentityCheck:
         written (read-only files are refused here, not at the first poll)."""
         problem = url_mismatch(self.ledger.meta, self.ledger.path, self.api_url)
         if problem is not None:
-            raise problem
+            raise refusal(problem)
         self.ledger.commit(PollChanges(meta={API_URL_KEY: self.api_url}))
 
     def check_account(self) -> None:
@@ -127,7 +127,7 @@ class IdentityCheck:
         account = account_of(self.client)
         problem = account_mismatch(self.ledger.meta, self.ledger.path, account)
         if problem is not None:
-            raise problem
+            raise refusal(problem)
         if account is not None and ACCOUNT_KEY not in self.ledger.meta:
             self.ledger.commit(PollChanges(meta={ACCOUNT_KEY: account}))
             log.info("ledger_identity_recorded", api_url=self.api_url)

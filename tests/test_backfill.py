@@ -392,3 +392,33 @@ def test_fetch_progress_shows_the_total_on_a_terminal() -> None:
     quiet = io.StringIO()
     fetch_progress(quiet)(1200, 5400)
     assert quiet.getvalue() == ""
+
+
+def ledger_with(state: Path, **meta: str) -> Path:
+    """A ledger that has polled (a baseline at START), with *meta* entries."""
+    Ledger(state, buckets=BUCKETS, max_label_values=10).close()
+    with sqlite3.connect(state) as db:
+        rows = {"baseline": repr(START.timestamp()), **meta}
+        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", rows.items())
+    db.close()
+    return state
+
+
+def test_a_ledger_of_another_api_is_refused(
+    frozen_api: SimulatedApi, backfill_env: object, tmp_path: Path, capsys: CaptureFixture[str]
+) -> None:
+    state = ledger_with(tmp_path / "s.db", identity_api_url="https://other.example")
+    assert backfill(state) == EXIT_USAGE
+    assert "counts the API https://other.example" in capsys.readouterr().err
+    assert not frozen_api.requests
+
+
+def test_a_ledger_of_another_account_is_refused_before_usage_is_read(
+    frozen_api: SimulatedApi, backfill_env: object, tmp_path: Path, capsys: CaptureFixture[str]
+) -> None:
+    state = ledger_with(tmp_path / "s.db", identity_account="team elsewhere")
+    assert backfill(state, "-o", str(tmp_path / "out.om")) == EXIT_USAGE
+    assert "counts the account team elsewhere" in capsys.readouterr().err
+    assert frozen_api.requests == {("/api/v1/user", 200): 1}
+    frozen_api.user = {"email": "x@example.com", "team": {"id": "elsewhere"}}
+    assert backfill(state, "-o", str(tmp_path / "out.om")) == 0
