@@ -23,6 +23,7 @@ from exporter.durations import parse_duration
 from exporter.errors import ConfigError, ExporterError
 from exporter.logs import configure_logging, register_secret
 from exporter.settings import (
+    CREDENTIALS,
     Settings,
     browser_url,
     describe,
@@ -113,8 +114,16 @@ def demo_settings(settings: Settings, api_url: str) -> Settings:
     return settings.model_copy(update=updates)
 
 
+def demo_ignores(settings: Settings) -> list[str]:
+    """The settings given (by a variable or the config file: the demo has no flags for
+    them) that the demo does not use, since it runs its own simulated API."""
+    return [name for name in ("api_url", *sorted(CREDENTIALS)) if name in settings.model_fields_set]
+
+
 def _start_demo(settings: Settings, stop: threading.Event) -> _Demo:
     """Start the simulator on loopback and point the settings at it."""
+    for name in demo_ignores(settings):
+        log.warning("demo_setting_ignored", setting=name, source=settings.source(name))
     from exporter.simulator import ScaledClock, SimulatedApi, World
 
     clock = ScaledClock(datetime.now(UTC), settings.sim_speed)

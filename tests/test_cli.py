@@ -17,7 +17,7 @@ from typing import IO
 import httpx
 import pytest
 
-from exporter.cli import EXIT_STATE, browser_url, demo_settings, main
+from exporter.cli import EXIT_STATE, browser_url, demo_ignores, demo_settings, main
 from exporter.settings import load_settings
 from exporter.simulator import DEMO_API_KEY
 
@@ -215,3 +215,11 @@ def test_simulate_says_which_key_it_accepts() -> None:
         f"NEO_EXPORTER_API_KEY={DEMO_API_KEY} neo-exporter run --api-url http://" in line
         for line in seen
     )
+
+
+def test_demo_names_the_api_settings_it_ignores() -> None:
+    environ = {"NEO_EXPORTER_API_URL": "https://neo.example", "NEO_EXPORTER_API_KEY": "k" * 20}
+    assert demo_ignores(load_settings(argparse.Namespace(), environ=environ)) == [
+        "api_url", "api_key",
+    ]  # fmt: skip
+    assert demo_ignores(load_settings(argparse.Namespace(), environ={})) == []
