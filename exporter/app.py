@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import secrets
+import socket
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import httpx
@@ -19,17 +18,21 @@ from exporter.balance import BalanceReader
 from exporter.client import NeoClient, RetryPolicy
 from exporter.collector import UsageCollector
 from exporter.connections import ServerLimits
-from exporter.errors import StateError
+from exporter.errors import ExporterError, IdentityError, StateError
 from exporter.exposition import Exposition
+from exporter.identity import IdentityCheck, new_ledger_if_other
 from exporter.ledger import Ledger, PollChanges
+from exporter.logs import register_secret
 from exporter.poll import Poller, Timing
 from exporter.selfmetrics import SelfMetrics
 from exporter.server import Health, make_server
+from exporter.settings import Settings, browser_url
+from exporter.statefile import StateGuard, lock_state
 from exporter.webconfig import WebConfig, load_web_config
 
 if TYPE_CHECKING:
     from exporter.connections import BoundedServer
-    from exporter.settings import Settings
+
 
 log = structlog.get_logger(__name__)
 MEMBER_SALT_KEY = "member_salt"
@@ -46,25 +49,13 @@ def bucket_settings(settings: Settings) -> dict[str, list[float]]:
     }
 
 
-def lock_state(path: Path) -> int:
-    """Hold an exclusive lock beside the ledger for the life of the process.
-
-    Two exporters writing one ledger would each overwrite the other's totals; the
-    second one is refused. The kernel drops the lock when the process dies, kill -9
-    included, so a crash never leaves a stale lock behind.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = Path(f"{path}.lock")
-    handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(handle)
-        raise StateError(
-            f"another neo-exporter is using the state file {path} (it holds {lock}): "
-            "run one exporter per state file"
-        ) from None
-    return handle
+def probe_listen(host: str, port: int) -> None:
+    """Raise the OSError binding *host*:*port* would meet (in use, no such address), before
+    anything is created on disk; the server binds it for real once the ledger is open."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
 
 
 class Exporter:
@@ -80,23 +71,49 @@ class Exporter:
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         process_metrics: bool = True,
+        new_ledger: bool = False,
+        on_fatal: Callable[[], object] = lambda: None,
     ) -> None:
         # *_created series only add cardinality here (the function is untyped upstream)
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.settings = settings
         self.health = Health()
-        # Read before anything is made on disk: a bad web config leaves no trace.
-        web = load_web_config(settings.web_config_file) if settings.web_config_file else WebConfig()
         self.metrics = SelfMetrics(process=process_metrics)
         self.stop_event = threading.Event()  # set: requests in flight and retry waits end
+        # What a poll met that the daemon cannot go on from (another account's ledger):
+        # on_fatal is called, and the command exits with it.
+        self.fatal: ExporterError | None = None
+        self._on_fatal = on_fatal
+        self._credential = credential
+        self._rejected = False  # the API answered 401 or 403: read a key file again
+        # Everything that can be refused is, before anything is created on disk.
+        web = load_web_config(settings.web_config_file) if settings.web_config_file else WebConfig()
+        probe_listen(host, port)
         self._state_lock = lock_state(settings.state_path)
         try:
+            self.client = NeoClient(
+                settings.api_url,
+                credential,
+                timeout=settings.request_timeout,
+                max_concurrent=settings.max_concurrent_requests,
+                retry=RetryPolicy(
+                    max_retries=settings.max_retries, backoff_max=settings.retry_backoff_max
+                ),
+                transport=transport,
+                on_request=self._observe_request,
+                stop=self.stop_event,
+            )
+            if new_ledger:
+                new_ledger_if_other(settings.state_path, self.client, settings.api_url, clock())
             self.ledger = Ledger(
                 settings.state_path,
                 buckets=bucket_settings(settings),
                 max_label_values=settings.max_label_values,
                 defer_index=True,  # loaded by the poller thread, after serving starts
             )
+            self.identity = IdentityCheck(self.ledger, self.client, settings.api_url)
+            self.identity.check_url()
+            self.guard = StateGuard(settings.state_path, self._state_lock)
             self.health.state_loaded.set()
             pinned = list(settings.task_ids)
             usage = CollectorRegistry(auto_describe=False)
@@ -112,18 +129,6 @@ class Exporter:
             self.exposition = Exposition(usage, self.metrics.registry)
             self.exposition.refresh()  # restored totals are served before any poll
             self.metrics.ledger_size.set(self.ledger.size_bytes())
-            self.client = NeoClient(
-                settings.api_url,
-                credential,
-                timeout=settings.request_timeout,
-                max_concurrent=settings.max_concurrent_requests,
-                retry=RetryPolicy(
-                    max_retries=settings.max_retries, backoff_max=settings.retry_backoff_max
-                ),
-                transport=transport,
-                on_request=self.metrics.observe_request,
-                stop=self.stop_event,
-            )
             self.poller = Poller(
                 self.client,
                 self.ledger,
@@ -142,6 +147,7 @@ class Exporter:
                     export_emails=settings.export_emails,
                     salt=self._member_salt(),
                 ),
+                before_poll=self._before_poll,
             )
             self.server: BoundedServer = make_server(
                 host, port, self.exposition, self.health, web=web,
@@ -152,9 +158,52 @@ class Exporter:
                 ),
             )  # fmt: skip
         except BaseException:
-            os.close(self._state_lock)  # a half-built exporter must not keep the lock
+            for part in ("ledger", "client"):  # a half-built exporter keeps nothing open
+                if hasattr(self, part):
+                    getattr(self, part).close()
+            os.close(self._state_lock)
             raise
         self._threads: list[threading.Thread] = []
+
+    def _before_poll(self) -> None:
+        """What must hold for a poll to count: the state file and lock are the ones
+        opened, and the credential's account is the ledger's. Either failing makes
+        /readyz answer 503; another account's ledger also stops the daemon."""
+        try:
+            self.guard.check()
+            self._reload_credential()
+            self.identity.check_account()
+        except IdentityError as exc:
+            self.health.failing = "the ledger counts another account"
+            self.fatal = exc
+            self._on_fatal()
+            raise
+        except StateError as exc:
+            self.health.failing = f"state file unusable: {exc}"
+            raise
+        self.health.failing = None
+
+    def _observe_request(self, endpoint: str, code: str) -> None:
+        self.metrics.observe_request(endpoint, code)
+        if code in ("401", "403"):
+            self._rejected = True
+
+    def _reload_credential(self) -> None:
+        """After the API rejected the credential, read its file again: a rotated key
+        takes effect at the next poll, without a restart (and the account behind it is
+        checked again before anything is counted)."""
+        settings = self.settings
+        if not self._rejected or (settings.api_key_file or settings.api_token_file) is None:
+            return
+        self._rejected = False
+        credential = settings.require_credential()  # ConfigError if it cannot be read
+        if credential == self._credential:
+            return
+        register_secret(credential[1])
+        self.client.use_credential(credential)
+        self._credential = credential
+        self.identity.confirmed = False
+        log.info("credential_reloaded", kind=credential[0])
 
     def _member_salt(self) -> bytes:
         """This installation's key for member pseudonyms, made once and kept."""
@@ -184,7 +233,8 @@ class Exporter:
         poll.start()
         log.info(
             "exporter_started",
-            url=self.url,
+            url=browser_url(self.url),  # an address to browse to, not 0.0.0.0
+            listen_address=self.settings.listen_address,
             state_path=str(self.settings.state_path),
             runs_restored=self.ledger.run_count,
         )
@@ -205,7 +255,8 @@ class Exporter:
         poller = [t for t in self._threads if t.name == "poller"]
         for thread in poller:
             thread.join(timeout=STOP_GRACE_SECONDS)
-        self.server.shutdown()
+        if self._threads:  # shutdown() waits for a serve_forever() that was started
+            self.server.shutdown()
         self.server.server_close()
         if any(thread.is_alive() for thread in poller):
             # Still inside a commit: the ledger stays open for it; SQLite keeps the file

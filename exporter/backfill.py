@@ -11,6 +11,7 @@ backfill ending at the baseline and the live counters never count anything twice
 from __future__ import annotations
 
 import math
+import os
 import sys
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -21,10 +22,12 @@ from typing import TYPE_CHECKING, Literal, TextIO
 
 from exporter.accounting import Observation, run_key
 from exporter.catalogue import RUN_COUNTERS, RUNS, MetricSpec
-from exporter.client import NeoClient
-from exporter.errors import ExporterError
+from exporter.client import NeoClient, RetryPolicy
+from exporter.errors import ConfigError, IdentityError
+from exporter.identity import ACCOUNT_KEY, account_mismatch, account_of, url_mismatch
 from exporter.ledger import LedgerReader
 from exporter.models import TaskUsage
+from exporter.progress import fetch_progress, terminal_progress
 
 if TYPE_CHECKING:
     from exporter.settings import Settings
@@ -144,25 +147,75 @@ def write_openmetrics(
     return result
 
 
-def fetch_rows(client: NeoClient, since: datetime, until: datetime) -> tuple[list[TaskUsage], int]:
-    listing = client.list_stream_usage(since=since, until=until)
+def fetch_rows(
+    client: NeoClient,
+    since: datetime,
+    until: datetime,
+    on_page: Callable[[int, int | None], None] | None = None,
+) -> tuple[list[TaskUsage], int]:
+    listing = client.map_stream_usage(_row, since=since, until=until, on_page=on_page)
     return listing.rows, len(listing.invalid)
 
 
-def terminal_progress(stream: TextIO = sys.stderr) -> Callable[[int, int], None]:
-    """A one-line progress bar when ``stream`` is a terminal, silence otherwise."""
-    if not stream.isatty():
-        return lambda done, total: None
+def _row(row: TaskUsage, _fingerprint: int | None) -> TaskUsage:
+    return row
 
-    def show(done: int, total: int) -> None:
-        width = 30
-        filled = width * done // max(total, 1)
-        stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} families")
-        if done >= total:
-            stream.write("\n")
-        stream.flush()
 
-    return show
+def backfill_end(
+    live: LiveState, state_path: Path, start: datetime, end: datetime | None
+) -> datetime:
+    """The end of the range: ``--to``, or the live ledger's baseline. Without either the
+    backfill would not know where the live counters begin, and could count runs twice:
+    ConfigError (a usage mistake, exit 2), as for a range that is empty or past the
+    baseline."""
+    if end is None:
+        if live.baseline is None:
+            raise ConfigError(
+                f"no baseline to end at: the ledger at {state_path} "
+                f"{'has not polled yet' if state_path.exists() else 'does not exist'}. "
+                "Point --state-path at the live exporter's ledger, whose baseline is where "
+                "the backfill must end, or give --to to end elsewhere (a backfill past "
+                "the live exporter's baseline counts runs twice)"
+            )
+        end, given = live.baseline, f"the baseline of the ledger at {state_path}"
+    else:
+        given = "--to"
+        if live.baseline is not None and end > live.baseline:
+            raise ConfigError(
+                f"--to ({end.isoformat()}) is after the baseline of the ledger at "
+                f"{state_path} ({live.baseline.isoformat()}): the live exporter counts "
+                "every run from its baseline on, so a backfill past it would count runs "
+                "twice. Leave --to out to end at the baseline"
+            )
+    if end <= start:
+        raise ConfigError(
+            f"--from ({start.isoformat()}) is not before the end of the range, "
+            f"{given} ({end.isoformat()})"
+        )
+    return end
+
+
+def refuse_other(problem: str | None) -> None:
+    """Refuse a ledger of another API or account (*problem* says which): its baseline
+    says nothing of where the counting of this one began."""
+    if problem is not None:
+        raise IdentityError(
+            f"{problem}: its baseline is not where the live counting of this one began. "
+            "Point --state-path at the ledger of the exporter that counts it"
+        )
+
+
+def check_output(output: Path | None) -> None:
+    """Refuse an output file that cannot be written before anything is fetched."""
+    if output is None:
+        return
+    folder = output.parent
+    if output.is_dir():
+        raise ConfigError(f"--output {output} is a directory; expected a file path")
+    if not folder.is_dir():
+        raise ConfigError(f"--output {output}: the directory {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise ConfigError(f"--output {output}: no permission to write it")
 
 
 def run_backfill(
@@ -176,35 +229,21 @@ def run_backfill(
 ) -> str:
     """Fetch the range and write it; returns a one-line summary for the terminal."""
     live = read_live_state(settings.state_path)
-    if end is None:
-        end = live.baseline or datetime.now(UTC)
-    if live.baseline is not None and end > live.baseline:
-        raise ExporterError(
-            f"--to ({end.isoformat()}) is after the baseline of the ledger at "
-            f"{settings.state_path} ({live.baseline.isoformat()}): the live exporter counts "
-            "every run from its baseline on, so a backfill past it would count runs twice. "
-            "Leave --to out to end at the baseline"
-        )
-    if end <= start:
-        raise ExporterError(f"--to ({end.isoformat()}) must be after --from ({start.isoformat()})")
-    pages = 0
+    end = backfill_end(live, settings.state_path, start, end)
+    meta = LedgerReader(settings.state_path).meta()
+    refuse_other(url_mismatch(meta, settings.state_path, settings.api_url))
+    check_output(output)
     bar = terminal_progress()
-
-    def fetched(endpoint: str, code: str) -> None:
-        nonlocal pages
-        pages += 1
-        if sys.stderr.isatty():
-            sys.stderr.write(f"\rfetching usage: {pages} requests")
-            sys.stderr.flush()
-
     with NeoClient(
         settings.api_url,
         credential,
         timeout=settings.request_timeout,
         max_concurrent=settings.max_concurrent_requests,
-        on_request=fetched,
+        retry=RetryPolicy(max_retries=settings.max_retries, backoff_max=settings.retry_backoff_max),
     ) as client:
-        rows, invalid = fetch_rows(client, start, end)
+        if ACCOUNT_KEY in meta:
+            refuse_other(account_mismatch(meta, settings.state_path, account_of(client)))
+        rows, invalid = fetch_rows(client, start, end, fetch_progress())
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     counted = counted_in_full(settings.state_path, [run_key(row) for row in rows])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -17,14 +18,14 @@ from typing import TYPE_CHECKING, Literal
 
 import structlog
 
-from exporter import __version__
-from exporter.app import Exporter
+from exporter.commandline import DEMO_LISTEN_ADDRESS, build_parser
 from exporter.durations import parse_duration
 from exporter.errors import ConfigError, ExporterError, WebConfigError
 from exporter.logs import configure_logging, register_secret
 from exporter.settings import (
+    CREDENTIALS,
     Settings,
-    add_settings_arguments,
+    browser_url,
     describe,
     listen_host_port,
     load_settings,
@@ -33,78 +34,16 @@ from exporter.settings import (
 from exporter.webconfig import load_web_config
 
 if TYPE_CHECKING:
+    from exporter.app import Exporter
     from exporter.simulator import ScaledClock
 
-# The simulator and the backfill are imported by their commands only: `run` starts
-# faster without them.
+# The daemon, the simulator and the backfill are imported by their commands only: `run`
+# starts faster without the other two, and --version and --help without any.
 
 log = structlog.get_logger(__name__)
 
 EXIT_USAGE = 2
 EXIT_STATE = 3
-# The demo is a local toy: it listens on loopback unless told otherwise.
-DEMO_LISTEN_ADDRESS = "127.0.0.1:9877"
-# Addresses that mean "every interface": bound to, never browsed to.
-_WILDCARDS = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}
-
-
-def _parser() -> argparse.ArgumentParser:
-
-    parser = argparse.ArgumentParser(
-        prog="neo-exporter",
-        description="Prometheus exporter for ProjectDiscovery Neo task usage.",
-    )
-    parser.add_argument("--version", action="version", version=f"neo-exporter {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, text in (
-        ("run", "poll the Neo API and serve /metrics (the daemon)"),
-        ("check-config", "validate the settings and print them, secrets masked"),
-        ("demo", "run the simulated Neo API and the exporter together, on loopback"),
-    ):
-        add_settings_arguments(commands.add_parser(name, help=text, description=text))
-    text = "write past usage as timestamped OpenMetrics for promtool tsdb create-blocks-from"
-    back = commands.add_parser("backfill", help=text, description=text)
-    add_settings_arguments(back)
-    back.add_argument(
-        "--from", dest="start", required=True, type=_moment, help="start (ISO date or time, UTC)"
-    )
-    back.add_argument(
-        "--to",
-        dest="end",
-        type=_moment,
-        help="end, exclusive (default: the baseline in STATE_PATH if it exists, else now)",
-    )
-    back.add_argument("--step", default="5m", help="sample resolution (default %(default)s)")
-    back.add_argument("--output", "-o", type=Path, help="file to write (default: standard output)")
-    sim = commands.add_parser(
-        "simulate",
-        help="serve the simulated Neo API alone",
-        description="serve the simulated Neo API alone",
-    )
-    sim.add_argument(
-        "--listen-address", default="127.0.0.1:8080", help="host:port (default %(default)s)"
-    )
-    sim.add_argument("--seed", type=int, default=1, help="world seed (default %(default)s)")
-    sim.add_argument("--speed", type=float, default=60.0, help="simulated seconds per second")
-    sim.add_argument("--tasks-per-day", type=float, default=2000.0, help="task arrival rate")
-    sim.add_argument("--live-rows", action="store_true", help="serve usage rows of running streams")
-    sim.add_argument(
-        "--api-key-file",
-        type=Path,
-        help="file holding the API key to accept (default: the demo key)",
-    )
-    sim.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
-    return parser
-
-
-def _moment(value: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a date; expected 2026-11-01 or 2026-11-01T12:00:00Z"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _backfill(args: argparse.Namespace) -> int:
@@ -126,9 +65,17 @@ def _backfill(args: argparse.Namespace) -> int:
         summary = run_backfill(
             settings, credential, start=args.start, end=args.end, step=step, output=args.output
         )
+    except ConfigError as exc:  # a usage mistake (the range, the output file)
+        print(f"neo-exporter: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ExporterError as exc:
         print(f"neo-exporter: {exc}", file=sys.stderr)
         return EXIT_STATE
+    except BrokenPipeError:
+        # The reader went away (`| head`): it has what it wanted. Standard output goes
+        # to /dev/null, so that the flush at exit does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     print(summary, file=sys.stderr)
     return 0
 
@@ -155,6 +102,7 @@ class _Demo:
     settings: Settings
     url: str
     clock: ScaledClock
+    scratch: Path | None  # the temporary directory of its ledger, removed on exit
 
 
 def demo_settings(settings: Settings, api_url: str) -> Settings:
@@ -173,15 +121,16 @@ def demo_settings(settings: Settings, api_url: str) -> Settings:
     return settings.model_copy(update=updates)
 
 
-def browser_url(url: str) -> str:
-    """*url* with a wildcard host (``0.0.0.0``, ``[::]``) replaced by loopback."""
-    scheme, _, rest = url.partition("://")
-    host, colon, port = rest.rpartition(":")
-    return f"{scheme}://{_WILDCARDS.get(host, host)}{colon}{port}"
+def demo_ignores(settings: Settings) -> list[str]:
+    """The settings given (by a variable or the config file: the demo has no flags for
+    them) that the demo does not use, since it runs its own simulated API."""
+    return [name for name in ("api_url", *sorted(CREDENTIALS)) if name in settings.model_fields_set]
 
 
 def _start_demo(settings: Settings, stop: threading.Event) -> _Demo:
     """Start the simulator on loopback and point the settings at it."""
+    for name in demo_ignores(settings):
+        log.warning("demo_setting_ignored", setting=name, source=settings.source(name))
     from exporter.simulator import ScaledClock, SimulatedApi, World
 
     clock = ScaledClock(datetime.now(UTC), settings.sim_speed)
@@ -194,7 +143,9 @@ def _start_demo(settings: Settings, stop: threading.Event) -> _Demo:
         api.stop()
 
     threading.Thread(target=stop_with_demo, daemon=True).start()
-    return _Demo(demo_settings(settings, api.url), api.url, clock)
+    demo = demo_settings(settings, api.url)
+    scratch = None if "state_path" in settings.model_fields_set else demo.state_path.parent
+    return _Demo(demo, api.url, clock, scratch)
 
 
 def _start_error(exc: OSError, settings: Settings) -> str:
@@ -213,16 +164,28 @@ def _start_error(exc: OSError, settings: Settings) -> str:
 
 
 def _run(args: argparse.Namespace, *, demo: bool) -> int:
+    stop = threading.Event()
+    started: list[_Demo] = []  # the demo's simulator, once started (to clean up after)
+    try:
+        return _start(args, stop, started if demo else None)
+    finally:
+        for simulated in started:
+            if simulated.scratch is not None:
+                shutil.rmtree(simulated.scratch, ignore_errors=True)
+
+
+def _start(args: argparse.Namespace, stop: threading.Event, demo: list[_Demo] | None) -> int:
+    """Start the daemon (and with *demo*, the simulator first) and serve until stopped."""
     try:
         settings = load_settings(args)
         configure_logging(settings.log_level, settings.log_format)
-        stop = threading.Event()
         _install_signal_handlers(stop)
         simulated = None
         clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # noqa: E731
         credential: tuple[Literal["api_key", "token"], str]
-        if demo:
+        if demo is not None:
             simulated = _start_demo(settings, stop)
+            demo.append(simulated)
             settings, clock = simulated.settings, simulated.clock.now
             from exporter.simulator import DEMO_API_KEY
 
@@ -231,7 +194,12 @@ def _run(args: argparse.Namespace, *, demo: bool) -> int:
             credential = settings.require_credential()
         register_secret(credential[1])
         host, port = listen_host_port(settings)
-        exporter = Exporter(settings, credential, host=host, port=port, clock=clock)
+        from exporter.app import Exporter
+
+        exporter = Exporter(
+            settings, credential, host=host, port=port, clock=clock,
+            new_ledger=getattr(args, "new_ledger", False), on_fatal=stop.set,
+        )  # fmt: skip
     except (ConfigError, WebConfigError) as exc:
         print(f"neo-exporter: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -241,8 +209,14 @@ def _run(args: argparse.Namespace, *, demo: bool) -> int:
     except OSError as exc:
         print(f"neo-exporter: {_start_error(exc, settings)}", file=sys.stderr)
         return EXIT_STATE
+    return _serve(exporter, simulated, stop)
+
+
+def _serve(exporter: Exporter, simulated: _Demo | None, stop: threading.Event) -> int:
+    """Serve until stopped; the exit status."""
     exporter.start()
     if simulated is not None:
+        settings = simulated.settings
         print(
             f"Simulated Neo API: {simulated.url}  (clock x{settings.sim_speed:g})\n"
             f"Exporter:          {browser_url(exporter.url)}/metrics\n"
@@ -252,6 +226,9 @@ def _run(args: argparse.Namespace, *, demo: bool) -> int:
         )
     stop.wait()
     exporter.stop()
+    if exporter.fatal is not None:
+        print(f"neo-exporter: {exporter.fatal}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exporter.fatal, ConfigError) else EXIT_STATE
     return 0
 
 
@@ -290,12 +267,27 @@ def _simulate(args: argparse.Namespace) -> int:
         token=None,
         live_rows=args.live_rows,
         stop=stop,
+        on_listening=lambda url: _print_simulator(url, args.api_key_file),
     )
     return 0
 
 
+def _print_simulator(url: str, key_file: Path | None) -> None:
+    """Where the simulator listens and the key it accepts: the demo key, which is no
+    secret, or the file named (whose key is)."""
+    from exporter.simulator import DEMO_API_KEY
+
+    if key_file is None:
+        how = f"NEO_EXPORTER_API_KEY={DEMO_API_KEY} neo-exporter run --api-url {url}"
+    else:
+        how = f"neo-exporter run --api-key-file {key_file} --api-url {url}"
+    print(
+        f"Simulated Neo API: {url}\nPoint the exporter at it:\n  {how}", file=sys.stderr, flush=True
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run(args, demo=False)

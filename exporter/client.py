@@ -7,6 +7,8 @@ import email.utils
 import json
 import math
 import random
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -41,6 +43,7 @@ from exporter.models import (
     TaskInfo,
     TaskUsage,
     UsageSummary,
+    UserProfile,
     describe_validation_error,
 )
 
@@ -54,6 +57,7 @@ TASKS = "/api/v1/tasks"
 TASK = "/api/v1/tasks/{id}"
 SUMMARY = "/api/v1/usage/summary"
 CREDITS = "/api/v1/billing/credits"
+USER = "/api/v1/user"
 
 # The most an answer of each endpoint may hold, decoded, before it is refused: a usage
 # page of 200 rows is about 0.7 MB, a task's usage row grows with its tool calls, any
@@ -65,6 +69,7 @@ MAX_BODY_DEFAULT = 4 << 20
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
 RequestObserver = Callable[[str, str], None]
+PageObserver = Callable[[int, int | None], None]  # rows received so far, the API's total
 
 
 @dataclass(frozen=True)
@@ -186,12 +191,6 @@ class NeoClient:
         stop: threading.Event | None = None,
         max_body: Mapping[str, int] | None = None,
     ) -> None:
-        kind, secret = credential
-        headers = {"Accept": "application/json", "User-Agent": f"neo-exporter/{__version__}"}
-        if kind == "api_key":
-            headers["X-Api-Key"] = secret
-        else:
-            headers["Authorization"] = f"Bearer {secret}"
         self._stop = stop or threading.Event()
         self._timeout = timeout
         limits = httpx.Limits(
@@ -205,19 +204,33 @@ class NeoClient:
             self._deadline = backend.deadline
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
-            headers=headers,
+            headers={"Accept": "application/json", "User-Agent": f"neo-exporter/{__version__}"},
             timeout=httpx.Timeout(timeout),
             transport=transport,
             limits=limits,
             follow_redirects=False,
         )
         self._max_body = {**MAX_BODY_BYTES, **(max_body or {})}
+        self.use_credential(credential)
+        url = self._http.base_url
+        self._host = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self._retry = retry or RetryPolicy()
         self._sleep = sleep if sleep is not None else self._stop.wait
         self._on_request = on_request
         self._rng = random.Random(seed)
         self._noted: set[tuple[str, str]] = set()  # paging inconsistencies logged once
+
+    def use_credential(self, credential: tuple[Literal["api_key", "token"], str]) -> None:
+        """Authenticate the requests from now on with *credential* (a rotated key)."""
+        kind, secret = credential
+        headers = self._http.headers
+        headers.pop("X-Api-Key", None)
+        headers.pop("Authorization", None)
+        if kind == "api_key":
+            headers["X-Api-Key"] = secret
+        else:
+            headers["Authorization"] = f"Bearer {secret}"
 
     def close(self) -> None:
         self._http.close()
@@ -258,10 +271,12 @@ class NeoClient:
         task_id: str | None = None,
         fingerprint: Fingerprint | None = None,
         known: Mapping[str, int | None] | None = None,
+        on_page: PageObserver | None = None,
     ) -> Listing[R]:
         """``list_stream_usage``, with each new or changed row handed to ``convert``
         (with its fingerprint) as soon as its page is decoded: a large listing then holds
-        only what ``convert`` keeps, not every decoded row."""
+        only what ``convert`` keeps, not every decoded row. ``on_page(rows, total)`` is
+        told after each page the rows received so far and the ``total`` the API reports."""
         params: dict[str, str] = {}
         if since is not None:
             params["from"] = _iso(since)
@@ -270,8 +285,9 @@ class NeoClient:
         if task_id is not None:
             params["task_id"] = task_id
         return self._list(
-            STREAMS, params, convert, key=lambda r: r.stream_id, fp=fingerprint, known=known
-        )
+            STREAMS, params, convert, key=lambda r: r.stream_id, fp=fingerprint, known=known,
+            on_page=on_page,
+        )  # fmt: skip
 
     def list_task_usage(self, *, since: datetime | None = None) -> Listing[TaskUsage]:
         """Every per-task aggregate row created since ``since``."""
@@ -340,6 +356,10 @@ class NeoClient:
     def get_credits(self) -> CreditBalance:
         return self._parse(CREDITS, CreditBalance, self._get(CREDITS, CREDITS))
 
+    def get_user(self) -> UserProfile:
+        """Who the credential belongs to: its user and team."""
+        return self._parse(USER, UserProfile, self._get(USER, USER))
+
     # -- paging ---------------------------------------------------------------
 
     def _list(
@@ -350,6 +370,7 @@ class NeoClient:
         key: Callable[[TaskUsage], str | None],
         fp: Fingerprint | None = None,
         known: Mapping[str, int | None] | None = None,
+        on_page: PageObserver | None = None,
     ) -> Listing[R]:
         listing: Listing[R] = Listing()
         seen: dict[str, int] = {}
@@ -386,6 +407,8 @@ class NeoClient:
             # reported when the row was counted: not again at every poll.
             unchanged = listing.unchanged
             listing.defects += [d for d in page.defects if d.stream_id not in unchanged]
+            if on_page is not None:
+                on_page(len(seen) + len(unchanged) + len(listing.invalid), page.total)
         return listing
 
     def _pages(
@@ -516,17 +539,20 @@ class NeoClient:
         with self._slots:
             try:
                 response, content = self._fetch(endpoint, path, params)
-            except httpx.TimeoutException:
+            except httpx.TimeoutException as exc:
                 if self._stop.is_set():
                     raise ApiInterrupted(f"{endpoint}: stopped", endpoint=endpoint) from None
                 self._observe(endpoint, "timeout")
+                phase = "no connection" if isinstance(exc, httpx.ConnectTimeout) else "no answer"
                 raise ApiTimeout(
-                    f"{endpoint}: no answer within the timeout", endpoint=endpoint
+                    f"{endpoint}: {phase} from {self._host} within the timeout",
+                    endpoint=endpoint,
                 ) from None
             except httpx.HTTPError as exc:
                 self._observe(endpoint, "error")
                 raise ApiTransportError(
-                    f"{endpoint}: connection failed ({type(exc).__name__})", endpoint=endpoint
+                    f"{endpoint}: connection to {self._host} failed: {transport_failure(exc)}",
+                    endpoint=endpoint,
                 ) from None
         self._observe(endpoint, str(response.status_code))
         if response.status_code >= 400:
@@ -568,6 +594,32 @@ class NeoClient:
     def _observe(self, endpoint: str, code: str) -> None:
         if self._on_request is not None:
             self._on_request(endpoint, code)
+
+
+def transport_failure(exc: BaseException) -> str:
+    """What failed under an httpx error, in words: DNS, TLS verification, refused, reset.
+
+    Read from the exceptions it was raised from (the socket's and ssl's own); never the
+    request, so never a header or credential."""
+    cause: BaseException | None = exc
+    for _ in range(8):
+        if cause is None:
+            break
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (
+                f"TLS certificate verification failed ({cause.verify_message}); a private "
+                "CA is trusted with SSL_CERT_FILE (see the README)"
+            )
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS error ({cause.reason or cause.strerror})"
+        if isinstance(cause, socket.gaierror):
+            return f"DNS lookup failed ({cause.strerror})"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, ConnectionResetError):
+            return "connection reset by the server"
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(exc).__name__} ({str(exc)[:200]})" if str(exc) else type(exc).__name__
 
 
 def _quote(value: str) -> str:

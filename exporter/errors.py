@@ -2,6 +2,7 @@
 
     ExporterError                 base of everything raised on purpose
     ├── ConfigError               a bad setting (exporter.settings); exit status 2
+    │   └── IdentityError         the ledger counts another API or account; exit status 2
     ├── WebConfigError            a web config file we cannot read or honour
     ├── StateError                the SQLite ledger is unreadable, corrupt or from elsewhere
     └── ApiError                  a Neo API call failed
@@ -40,6 +41,16 @@ class ConfigError(ExporterError):
     """A setting is missing, unknown or invalid; the message says which and how to fix it."""
 
     reason = "config"
+
+
+# The flag an IdentityError's message offers: start a new ledger on purpose.
+NEW_LEDGER_FLAG = "--new-ledger"
+
+
+class IdentityError(ConfigError):
+    """The ledger counts another API or account than the one the settings point at."""
+
+    reason = "identity"
 
 
 class WebConfigError(ExporterError):

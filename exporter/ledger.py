@@ -226,6 +226,18 @@ def select_runs(
         yield from db.execute(query, chunk)
 
 
+def _access_denied(path: Path, exc: sqlite3.Error) -> StateError | None:
+    """The permissions message, if *exc* says the file or its directory cannot be written
+    (``os.access`` alone misses a read-only mount, and says yes to root)."""
+    readonly = "readonly" in str(exc) or "read-only" in str(exc)
+    if not readonly and os.access(path, os.R_OK | os.W_OK) and os.access(path.parent, os.W_OK):
+        return None
+    return StateError(
+        f"state file {path} cannot be opened for writing ({exc}): give the exporter's user "
+        "read and write access to it and to its directory"
+    )
+
+
 def _first_sight(text: str) -> FirstSight:
     agents, tools_seen, *at = json.loads(text)  # [agents, ranges, unix time]
     return FirstSight(agents, tools_seen, *at)
@@ -299,13 +311,9 @@ class Ledger:
                 raise StateError(f"state file {self.path} is corrupt ({problems[0]}): {RECOVERY}")
             db.executescript(SCHEMA)
         except sqlite3.OperationalError as exc:
-            if not os.access(self.path, os.R_OK | os.W_OK) or not os.access(
-                self.path.parent, os.W_OK
-            ):
-                raise StateError(
-                    f"state file {self.path} cannot be opened for writing ({exc}): give the "
-                    "exporter's user read and write access to it and to its directory"
-                ) from None
+            denied = _access_denied(self.path, exc)
+            if denied is not None:
+                raise denied from None
             raise StateError(f"state file {self.path} is unreadable ({exc}): {RECOVERY}") from None
         except sqlite3.DatabaseError as exc:
             raise StateError(f"state file {self.path} is unreadable ({exc}): {RECOVERY}") from None
@@ -585,6 +593,9 @@ class Ledger:
                 db.execute("ROLLBACK")
             self.guard.forget(new_labels)
             self.guard.new.clear()
+            denied = _access_denied(self.path, exc)
+            if denied is not None:
+                raise denied from None
             raise StateError(f"could not write the state file {self.path}: {exc}") from None
         self.guard.new.clear()
         self.counters.update(counters)
@@ -634,6 +645,13 @@ class LedgerReader:
             raise StateError(f"cannot read the state file {self.path}: {exc}") from None
         finally:
             db.close()
+
+    def meta(self) -> dict[str, str]:
+        """The ledger's meta entries (identity, baseline, ...); empty without a ledger."""
+        with self._open() as db:
+            if db is None:
+                return {}
+            return dict(db.execute("SELECT key, value FROM meta").fetchall())
 
     def baseline(self) -> float | None:
         """The live exporter's baseline (unix time), if it has polled."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 import threading
@@ -121,10 +122,33 @@ def _renderer_chain(fmt: str, stream: TextIO) -> list[Processor]:
         renderer: Processor = structlog.processors.JSONRenderer()
     elif fmt == "console":
         exceptions = structlog.processors.format_exc_info
-        renderer = structlog.dev.ConsoleRenderer(colors=_isatty(stream))
+        renderer = structlog.dev.ConsoleRenderer(colors=_isatty(stream), **_NO_EVENT_PADDING)
+        return [exceptions, _for_terminal, redact_secrets, _RedactingRenderer(renderer)]
     else:
         raise ValueError(f"unknown log format {fmt!r}; expected auto, json or console")
     return [exceptions, redact_secrets, _RedactingRenderer(renderer)]
+
+
+# The event name is followed by one space, not padded to 30 columns (the keyword was
+# renamed in structlog 25).
+_NO_EVENT_PADDING: dict[str, Any] = (
+    {"pad_event_to": 0}
+    if "pad_event_to" in inspect.signature(structlog.dev.ConsoleRenderer).parameters
+    else {"pad_event": 0}
+)
+
+
+def _for_terminal(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Console lines that fit a terminal: the time to the second, and no counts of zero
+    or flags that are off (``poll_finished`` has a dozen, mostly 0). JSON keeps all."""
+    stamp = event_dict.get("timestamp")
+    if isinstance(stamp, str) and len(stamp) > 20 and stamp[19] == ".":
+        event_dict["timestamp"] = stamp[:19] + "Z"
+    return {
+        key: value
+        for key, value in event_dict.items()
+        if not (isinstance(value, bool | int) and not value and key != "event")
+    }
 
 
 def _isatty(stream: TextIO) -> bool:

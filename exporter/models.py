@@ -200,6 +200,18 @@ class CreditBalance(_Tolerant):
     is_expired: bool | None = None
 
 
+class TeamRef(_Tolerant):
+    id: str
+    name: str | None = None
+
+
+class UserProfile(_Tolerant):
+    """GET /api/v1/user: who the credential belongs to (the ledger's identity)."""
+
+    email: str | None = None
+    team: TeamRef | None = None
+
+
 def describe_validation_error(error: ValidationError) -> str:
     """One line naming each bad field, without echoing the payload's values."""
     parts = []

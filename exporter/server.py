@@ -41,13 +41,18 @@ LANDING = """<!doctype html>
 
 
 class Health:
-    """Readiness: the ledger is loaded and a first poll has finished since start-up."""
+    """Readiness: the ledger is loaded, a first poll has finished since start-up, and
+    nothing keeps polls from counting."""
 
     def __init__(self) -> None:
         self.state_loaded = threading.Event()
         self.first_poll = threading.Event()
+        # Why polls cannot count now (the state file is gone, say), until they can again.
+        self.failing: str | None = None
 
     def ready(self) -> tuple[bool, str]:
+        if self.failing is not None:
+            return False, self.failing
         if not self.state_loaded.is_set():
             return False, "state not loaded"
         if not self.first_poll.is_set():

@@ -9,7 +9,7 @@ import itertools
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -43,6 +43,9 @@ DURATIONS = frozenset(
     | {"http_request_timeout"}
 )
 BUCKETS = frozenset({"tool_duration_buckets", "run_credits_buckets", "run_duration_buckets"})
+PATHS = frozenset({"api_key_file", "api_token_file", "state_path", "web_config_file"})
+CREDENTIALS = frozenset({"api_key", "api_token", "api_key_file", "api_token_file"})
+SIMULATOR = frozenset({"sim_speed", "sim_tasks_per_day"})
 _TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,256}")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
 _PORT = re.compile(r"[0-9]{1,5}")
@@ -123,6 +126,9 @@ class Settings(BaseSettings):
     sim_tasks_per_day: float = Field(2000.0, gt=0, le=1e6, description="demo: task arrival rate")
 
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+    # Credential variables set to the empty string: unset, but worth naming when no
+    # credential is configured (a Secret with a missing key mounts as an empty value).
+    _empty_credentials: set[str] = PrivateAttr(default_factory=set)
 
     @classmethod
     def settings_customise_sources(
@@ -150,13 +156,17 @@ class Settings(BaseSettings):
             raise ValueError("contains a user or password")
         if parts.query or parts.fragment:
             raise ValueError("has a query or fragment")
-        return value.strip().rstrip("/")
+        # The base URL, to which the client adds /api/v1/...: a URL copied with the
+        # version path would make every request 404.
+        return value.strip().rstrip("/").removesuffix("/api/v1").rstrip("/")
 
     @field_validator("api_key", "api_token", mode="before")
     @classmethod
     def _check_secret(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
             raise ValueError("is empty")
+        if isinstance(value, str):
+            check_secret_text(value.strip())
         return value.strip() if isinstance(value, str) else value
 
     @field_validator("listen_address")
@@ -176,7 +186,8 @@ class Settings(BaseSettings):
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
-        return value.strip().lower() if isinstance(value, str) else value
+        text = value.strip().lower() if isinstance(value, str) else value
+        return "warning" if text == "warn" else text  # as Go exporters and logging spell it
 
     @field_validator("task_ids", *BUCKETS, mode="before")
     @classmethod
@@ -231,7 +242,9 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}API_KEY, {ENV_PREFIX}API_TOKEN, --api-key-file or --api-token-file"
             )
             if not given:
-                raise ConfigError(f"no Neo API credential configured; set one of {options}")
+                empty = [ENV_PREFIX + name.upper() for name in sorted(self._empty_credentials)]
+                note = f" ({', '.join(empty)} is set but empty)" if empty else ""
+                raise ConfigError(f"no Neo API credential configured{note}; set one of {options}")
             raise ConfigError(
                 f"more than one Neo API credential configured ({', '.join(given)}); "
                 f"set exactly one of {options}"
@@ -241,14 +254,38 @@ class Settings(BaseSettings):
         value = getattr(self, name)
         if isinstance(value, SecretStr):
             return kind, value.get_secret_value()
+        path = Path(value)
+        # A key pasted where its file's path belongs must not be echoed back.
+        shown = str(path) if len(path.parts) > 1 or path.exists() else "<hidden>"
         try:
-            secret = Path(value).read_text(encoding="utf-8").strip()
+            secret = path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise ConfigError(f"{describe(name)}: cannot read {value}: {why}") from None
+            hint = (
+                "; expected the path of a file holding the secret, not the secret itself"
+                if shown == "<hidden>"
+                else ""
+            )
+            raise ConfigError(f"{describe(name)}: cannot read {shown}: {why}{hint}") from None
         if not secret:
-            raise ConfigError(f"{describe(name)}: {value} is empty; expected the secret in it")
+            raise ConfigError(f"{describe(name)}: {shown} is empty; expected the secret in it")
+        try:
+            check_secret_text(secret)
+        except ValueError as exc:
+            raise ConfigError(f"{describe(name)}: the secret in {shown} {exc}") from None
         return kind, secret
+
+
+def check_secret_text(secret: str) -> None:
+    """ValueError unless *secret* can go in an HTTP header: printable ASCII. Says where,
+    never what: a key pasted with a typographic quote or a non-breaking space."""
+    for position, char in enumerate(secret, 1):
+        if not (char.isascii() and char.isprintable()):
+            raise ValueError(
+                f"has a character that is not printable ASCII at position {position} (of "
+                f"{len(secret)}); keys and tokens are ASCII: was it pasted with a quote "
+                "mark, a non-breaking space or a line break?"
+            )
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -274,6 +311,17 @@ def split_host_port(address: str) -> tuple[str, int]:
 def listen_host_port(settings: Settings) -> tuple[str, int]:
     """Host and port to bind; an empty host means every interface."""
     return split_host_port(settings.listen_address)
+
+
+# Addresses that mean "every interface": bound to, never browsed to.
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}
+
+
+def browser_url(url: str) -> str:
+    """*url* with a wildcard host (``0.0.0.0``, ``[::]``) replaced by loopback."""
+    scheme, _, rest = url.partition("://")
+    host, colon, port = rest.rpartition(":")
+    return f"{scheme}://{_WILDCARDS.get(host, host)}{colon}{port}"
 
 
 def flag(name: str) -> str | None:
@@ -362,8 +410,14 @@ def _config_error(exc: ValidationError, sources: Mapping[str, str]) -> ConfigErr
     return ConfigError("\n".join(lines))
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config-file`` and one flag per setting; unset flags leave the attribute absent."""
+def add_settings_arguments(
+    parser: argparse.ArgumentParser,
+    names: Collection[str] | None = None,
+    defaults: Mapping[str, str] | None = None,
+) -> None:
+    """``--config-file`` and one flag per setting in *names* (default: all), their help
+    showing *defaults* where the command's own differ; unset flags leave the attribute
+    absent."""
     parser.add_argument(
         "--config-file",
         type=Path,
@@ -375,8 +429,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         option = flag(name)
         if option is None:  # secrets on a command line leak through ps and shell history
             continue
+        if names is not None and name not in names:
+            continue
         default = field.get_default(call_default_factory=True)
         shown = "unset" if default is None else _render_value(name, default)
+        shown = (defaults or {}).get(name, shown)
         text = f"{field.description} (env {ENV_PREFIX}{name.upper()}; default {shown})"
         text = text.replace("%", "%%")
         if field.annotation is bool:
@@ -407,15 +464,20 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     config_file = getattr(args, "config_file", None) or env.get(CONFIG_FILE_ENV) or None
     if config_file is not None:
         for name, value in _read_config_file(Path(config_file)).items():
-            values[name], sources[name] = value, f"config file {config_file}"
+            values[name] = _beside(Path(config_file), value) if name in PATHS else value
+            sources[name] = f"config file {config_file}"
+    empty: set[str] = set()
     for variable, value in sorted(env.items()):
-        if not variable.startswith(ENV_PREFIX) or variable == CONFIG_FILE_ENV or value == "":
+        if not variable.startswith(ENV_PREFIX) or variable == CONFIG_FILE_ENV:
+            continue
+        if value == "":
+            empty.add(variable.removeprefix(ENV_PREFIX).lower())
             continue
         name = variable.removeprefix(ENV_PREFIX).lower()
         if name not in Settings.model_fields:
             raise ConfigError(
                 f"unknown environment variable {variable}"
-                f"{_suggest(name) or '; see --help for the variable of each setting'}"
+                f"{_suggest(name, ENV_PREFIX) or '; see --help for the variable of each setting'}"
             )
         values[name], sources[name] = value, variable
     for name in Settings.model_fields:
@@ -429,7 +491,16 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     finally:
         _MERGED.reset(token)
     settings._sources.update(sources)
+    settings._empty_credentials.update(empty & CREDENTIALS)
     return settings
+
+
+def _beside(config_file: Path, value: Any) -> Any:
+    """A relative path in the config file, as relative to the file's own directory (as the
+    web config's paths are to theirs), not to wherever the exporter was started."""
+    if isinstance(value, str) and value and not Path(value).is_absolute():
+        return str(config_file.parent / value)
+    return value
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -457,9 +528,12 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     return {str(key): value for key, value in data.items()}
 
 
-def _suggest(name: str) -> str:
+def _suggest(name: str, env_prefix: str = "") -> str:
+    """``; did you mean poll_interval?``, or with *env_prefix* the variable's own name."""
     close = difflib.get_close_matches(name.replace("-", "_").lower(), Settings.model_fields, 1)
-    return f"; did you mean {close[0]}?" if close else ""
+    if not close:
+        return ""
+    return f"; did you mean {env_prefix + close[0].upper() if env_prefix else close[0]}?"
 
 
 def _render_value(name: str, value: Any) -> str:

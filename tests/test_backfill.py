@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import io
+import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from _pytest.capture import CaptureFixture
 
 from exporter.accounting import NON_TERMINAL, Observation, apply
 from exporter.backfill import (
@@ -23,11 +27,13 @@ from exporter.backfill import (
     write_openmetrics,
 )
 from exporter.catalogue import NANO
+from exporter.cli import EXIT_STATE, EXIT_USAGE, main
 from exporter.client import NeoClient, RetryPolicy
 from exporter.errors import ExporterError
 from exporter.ledger import Ledger, PollChanges
 from exporter.models import TaskUsage, read_usage
 from exporter.poll import Poller, Timing
+from exporter.progress import fetch_progress
 from exporter.selfmetrics import SelfMetrics
 from exporter.settings import Settings
 from exporter.simulator import DEMO_API_KEY, ManualClock, SimulatedApi, World
@@ -286,3 +292,133 @@ def test_the_fetch_reaches_the_exact_end_of_the_range() -> None:
     events = collect_events(rows, start.timestamp(), end.timestamp())
     assert invalid == 0
     assert len(events) == len(truth)
+
+
+@pytest.fixture
+def backfill_env(frozen_api: SimulatedApi, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment of a backfill against the frozen world (no ledger of its own)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEO_EXPORTER_")}
+    env.update(NEO_EXPORTER_API_KEY=DEMO_API_KEY, NEO_EXPORTER_API_URL=frozen_api.url)
+    for name in [k for k in os.environ if k.startswith("NEO_EXPORTER_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def backfill(state: Path, *args: str) -> int:
+    hours = ("--from", (START - timedelta(hours=6)).isoformat())
+    return main(["backfill", "--state-path", str(state), *hours, *args])
+
+
+def test_without_a_ledger_the_backfill_needs_an_explicit_to(
+    frozen_api: SimulatedApi, backfill_env: object, tmp_path: Path, capsys: CaptureFixture[str]
+) -> None:
+    """A typo in STATE_PATH must not end the range at now: the live counters would count
+    the same runs again."""
+    assert backfill(tmp_path / "typo.db") == EXIT_USAGE
+    error = capsys.readouterr().err
+    assert "no baseline to end at" in error
+    assert "does not exist" in error
+    assert "give --to" in error
+    assert not frozen_api.requests
+
+
+def test_a_missing_output_directory_is_refused_before_fetching(
+    frozen_api: SimulatedApi, backfill_env: object, tmp_path: Path, capsys: CaptureFixture[str]
+) -> None:
+    out = tmp_path / "missing" / "out.om"
+    assert backfill(tmp_path / "s.db", "--to", START.isoformat(), "-o", str(out)) == EXIT_USAGE
+    assert f"the directory {out.parent} does not exist" in capsys.readouterr().err
+    assert not frozen_api.requests
+
+
+def test_a_range_ending_before_it_starts_is_a_usage_error_naming_what_was_given(
+    frozen_api: SimulatedApi, backfill_env: object, tmp_path: Path, capsys: CaptureFixture[str]
+) -> None:
+    early = (START - timedelta(hours=7)).isoformat()
+    assert backfill(tmp_path / "s.db", "--to", early) == EXIT_USAGE
+    assert f"is not before the end of the range, --to ({early}" in capsys.readouterr().err
+
+
+def test_the_backfill_uses_the_retry_settings(
+    frozen_api: SimulatedApi, backfill_env: object, tmp_path: Path
+) -> None:
+    frozen_api.faults.burst(1, status=503)
+    to = ("--to", START.isoformat(), "-o", str(tmp_path / "out.om"))
+    assert backfill(tmp_path / "s.db", *to, "--max-retries", "0") == EXIT_STATE
+    assert frozen_api.requests == {("/api/v1/usage/streams", 503): 1}
+
+
+def test_a_closed_pipe_ends_the_backfill_quietly(
+    frozen_api: SimulatedApi, backfill_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`| head -1`: several megabytes of samples, of which the reader takes one line."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "backfill", "--state-path", str(tmp_path / "s.db"),
+         "--from", (START - timedelta(hours=6)).isoformat(), "--to", START.isoformat(),
+         "--step", "10s"],
+        env=backfill_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert child.stdout is not None
+    assert child.stderr is not None
+    assert child.stdout.readline().startswith(b"# HELP")
+    child.stdout.close()
+    with child.stderr:
+        error = child.stderr.read().decode()
+    assert child.wait(timeout=60) == 0
+    assert error == ""
+
+
+def test_the_fetch_reports_rows_out_of_the_api_s_total(frozen_api: SimulatedApi) -> None:
+    seen: list[tuple[int, int | None]] = []
+    with NeoClient(frozen_api.url, ("api_key", DEMO_API_KEY)) as client:
+        rows, _ = fetch_rows(
+            client, START - timedelta(days=2), START, lambda got, total: seen.append((got, total))
+        )
+    assert len(seen) > 1
+    assert seen[-1] == (len(rows), len(rows))
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_fetch_progress_shows_the_total_on_a_terminal() -> None:
+    terminal = _Terminal()
+    fetch_progress(terminal)(1200, 5400)
+    assert terminal.getvalue() == "\rfetching usage: 1,200 of 5,400 rows"
+    quiet = io.StringIO()
+    fetch_progress(quiet)(1200, 5400)
+    assert quiet.getvalue() == ""
+
+
+def ledger_with(state: Path, **meta: str) -> Path:
+    """A ledger that has polled (a baseline at START), with *meta* entries."""
+    Ledger(state, buckets=BUCKETS, max_label_values=10).close()
+    with sqlite3.connect(state) as db:
+        rows = {"baseline": repr(START.timestamp()), **meta}
+        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", rows.items())
+    db.close()
+    return state
+
+
+def test_a_ledger_of_another_api_is_refused(
+    frozen_api: SimulatedApi, backfill_env: object, tmp_path: Path, capsys: CaptureFixture[str]
+) -> None:
+    state = ledger_with(tmp_path / "s.db", identity_api_url="https://other.example")
+    assert backfill(state) == EXIT_USAGE
+    assert "counts the API https://other.example" in capsys.readouterr().err
+    assert not frozen_api.requests
+
+
+def test_a_ledger_of_another_account_is_refused_before_usage_is_read(
+    frozen_api: SimulatedApi, backfill_env: object, tmp_path: Path, capsys: CaptureFixture[str]
+) -> None:
+    state = ledger_with(tmp_path / "s.db", identity_account="team elsewhere")
+    assert backfill(state, "-o", str(tmp_path / "out.om")) == EXIT_USAGE
+    assert "counts the account team elsewhere" in capsys.readouterr().err
+    assert frozen_api.requests == {("/api/v1/user", 200): 1}
+    frozen_api.user = {"email": "x@example.com", "team": {"id": "elsewhere"}}
+    assert backfill(state, "-o", str(tmp_path / "out.om")) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import select
 import socket
@@ -11,11 +12,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
 
-from exporter.cli import EXIT_STATE, browser_url, demo_settings
+from exporter.cli import EXIT_STATE, browser_url, demo_ignores, demo_settings, main
 from exporter.settings import load_settings
 from exporter.simulator import DEMO_API_KEY
 
@@ -154,3 +156,88 @@ def test_a_bad_web_config_exits_2_before_anything_is_made_on_disk(
     assert "unknown keys in tls_server_config: ['min_versoin']" in done.stderr
     assert "Traceback" not in done.stderr
     assert not state.parent.exists()
+
+
+def help_of(command: str, capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return capsys.readouterr().out
+
+
+def test_each_command_offers_only_the_settings_it_uses(capsys: pytest.CaptureFixture[str]) -> None:
+    run, demo, backfill = (help_of(c, capsys) for c in ("run", "demo", "backfill"))
+    assert "--listen-address" in run
+    assert "--sim-speed" not in run
+    assert "--sim-speed" in demo
+    assert "--api-url" not in demo  # the demo talks to its own simulator
+    assert "--api-key-file" not in demo
+    assert "--listen-address" not in backfill
+    assert "--poll-interval" not in backfill
+    assert "--max-retries" in backfill
+
+
+def test_demo_help_states_the_demo_s_own_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    demo = " ".join(help_of("demo", capsys).split())  # argparse wraps lines
+    assert "default 127.0.0.1:9877)" in demo
+    assert "NEO_EXPORTER_POLL_INTERVAL; default 2s)" in demo
+    assert "default a temporary directory, removed on exit)" in demo
+
+
+def lines_until(stream: IO[str], wanted: str) -> list[str]:
+    """What a child wrote on *stream* up to a line that contains *wanted*, as lines.
+    Read from the descriptor: a buffered readline would hide lines from select()."""
+    text = ""
+    deadline = time.monotonic() + 30
+    while wanted not in text and time.monotonic() < deadline:
+        if select.select([stream], [], [], 1)[0]:
+            chunk = os.read(stream.fileno(), 65536).decode()
+            if not chunk:
+                break
+            text += chunk
+    return [line for line in text.splitlines() if line]
+
+
+def said_until(command: list[str], env: dict[str, str], wanted: str) -> list[str]:
+    """What a command said on stderr up to a line with *wanted*; then it is stopped."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "exporter", *command],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert child.stderr is not None
+    try:
+        return lines_until(child.stderr, wanted)
+    finally:
+        child.terminate()  # the daemon finishes the poll in flight, then exits
+        try:
+            child.communicate(timeout=120)
+        finally:
+            child.kill()  # a no-op once it exited; never a child left running
+            child.communicate()
+
+
+def test_demo_removes_its_temporary_ledger_on_exit() -> None:
+    # A small world: the first poll, which a stop waits for, is short.
+    env = child_env(listen_address="127.0.0.1:0", log_format="json", sim_tasks_per_day="20")
+    seen = said_until(["demo"], env, "Exporter:")
+    (started,) = [json.loads(s) for s in seen if '"exporter_started"' in s]
+    state = Path(started["state_path"])
+    assert state.name == "state.db"
+    assert state.parent.name.startswith("neo-exporter-demo-")
+    assert not state.parent.exists()
+
+
+def test_simulate_says_which_key_it_accepts() -> None:
+    command = ["simulate", "--listen-address", "127.0.0.1:0"]
+    seen = said_until(command, child_env(), "NEO_EXPORTER_API_KEY=")
+    assert any(
+        f"NEO_EXPORTER_API_KEY={DEMO_API_KEY} neo-exporter run --api-url http://" in line
+        for line in seen
+    )
+
+
+def test_demo_names_the_api_settings_it_ignores() -> None:
+    environ = {"NEO_EXPORTER_API_URL": "https://neo.example", "NEO_EXPORTER_API_KEY": "k" * 20}
+    assert demo_ignores(load_settings(argparse.Namespace(), environ=environ)) == [
+        "api_url", "api_key",
+    ]  # fmt: skip
+    assert demo_ignores(load_settings(argparse.Namespace(), environ={})) == []

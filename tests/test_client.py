@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
+import ssl
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,6 +40,7 @@ from exporter.errors import (
 )
 from exporter.models import TaskUsage
 from exporter.simulator import DEMO_API_KEY, DEMO_TOKEN, ManualClock, SimulatedApi, World
+from tests.conftest import self_signed
 
 START = datetime(2026, 11, 20, 9, tzinfo=UTC)
 
@@ -215,7 +221,7 @@ def test_timeout_is_retried_then_reported(api: SimulatedApi) -> None:
 def test_connection_refused_is_a_transport_error() -> None:
     with NeoClient("http://127.0.0.1:9", ("api_key", "k" * 20), timeout=1) as client:
         client._retry = RetryPolicy(0, 0.0, 0.0)
-        with pytest.raises(ApiTransportError, match="connection failed"):
+        with pytest.raises(ApiTransportError, match=r"connection to 127\.0\.0\.1:9 failed"):
             client.get_summary()
 
 
@@ -540,3 +546,70 @@ def test_new_rows_forever_past_a_reported_total_are_bounded_by_it() -> None:
 )
 def test_rows_allowed_past_a_total(total: int | None, allowed: int) -> None:
     assert client_module.rows_allowed(total) == allowed
+
+
+SECRET_KEY = ("api_key", "neo_sk_" + "k3y" * 10)
+
+
+def transport_error(url: str) -> str:
+    with (
+        NeoClient(url, SECRET_KEY, retry=RetryPolicy(max_retries=0)) as client,
+        pytest.raises(ApiTransportError) as caught,
+    ):
+        client.get_credits()
+    assert SECRET_KEY[1] not in str(caught.value)
+    return str(caught.value)
+
+
+def test_a_refused_connection_names_the_host_and_says_refused() -> None:
+    with socket.socket() as bound:  # bound, not listening: connections are refused
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        error = transport_error(f"http://127.0.0.1:{port}")
+    assert error == (
+        f"/api/v1/billing/credits: connection to 127.0.0.1:{port} failed: connection refused"
+    )
+
+
+def test_a_dns_failure_names_the_host_and_says_dns() -> None:
+    error = transport_error("https://neo-exporter-test.invalid")
+    assert "connection to neo-exporter-test.invalid:443 failed: DNS lookup failed (" in error
+
+
+@pytest.fixture
+def tls_api(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A loopback HTTPS server with a self-signed certificate, and that certificate."""
+    cert, key = self_signed(tmp_path, "private-ca")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"available_credits": 5, "issued_credits": 10, "used_credits": 5}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", cert
+    server.shutdown()
+    server.server_close()
+
+
+def test_tls_verification_failure_says_so_and_ssl_cert_file_trusts_a_private_ca(
+    tls_api: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, cert = tls_api
+    error = transport_error(url)
+    assert "failed: TLS certificate verification failed (self-signed certificate" in error
+    assert "SSL_CERT_FILE" in error
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # what the README tells operators
+    with NeoClient(url, SECRET_KEY, retry=RetryPolicy(max_retries=0)) as client:
+        assert client.get_credits().available_credits == 5

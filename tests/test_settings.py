@@ -159,6 +159,19 @@ def test_config_file_sets_values_of_every_kind(tmp_path: Path) -> None:
     assert settings.source("poll_interval") == f"config file {path}"
 
 
+def test_relative_paths_in_a_config_file_are_relative_to_its_directory(tmp_path: Path) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    path = write_config(
+        folder, "state_path: data/state.db\napi_key_file: key\nweb_config_file: /abs/web.yml\n"
+    )
+    settings = load("--config-file", str(path), "--api-token-file", "token")
+    assert settings.state_path == folder / "data" / "state.db"
+    assert settings.api_key_file == folder / "key"
+    assert settings.web_config_file == Path("/abs/web.yml")
+    assert settings.api_token_file == Path("token")  # a flag: relative to the working dir
+
+
 def test_config_file_from_the_environment(tmp_path: Path) -> None:
     path = write_config(tmp_path, "max_label_values: 7\n")
     settings = load(env={"NEO_EXPORTER_CONFIG_FILE": str(path)})
@@ -313,7 +326,7 @@ def test_config_error_is_an_exporter_error() -> None:
 def test_unknown_environment_variable_is_named_with_a_suggestion() -> None:
     message = config_error(env={"NEO_EXPORTER_POLL_INTERVALL": "5m"})
     assert "NEO_EXPORTER_POLL_INTERVALL" in message
-    assert "did you mean poll_interval" in message
+    assert message.endswith("; did you mean NEO_EXPORTER_POLL_INTERVAL?")
 
 
 def test_other_environment_variables_are_ignored() -> None:
@@ -507,3 +520,50 @@ def test_check_config_rejects_a_bad_value_without_a_traceback() -> None:
     assert "poll_interval (--poll-interval / NEO_EXPORTER_POLL_INTERVAL)" in result.stderr
     assert "Traceback" not in result.stderr
     assert SECRET not in result.stdout + result.stderr
+
+
+# -- first contact: what an operator types by mistake -----------------------------------
+
+
+def credential_error(env: dict[str, str]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load(env=env).require_credential()
+    return str(caught.value)
+
+
+def test_an_empty_key_variable_is_named_when_no_credential_is_set() -> None:
+    message = credential_error({"NEO_EXPORTER_API_KEY": ""})
+    assert message.startswith(
+        "no Neo API credential configured (NEO_EXPORTER_API_KEY is set but empty); set one of"
+    )
+
+
+def test_warn_is_accepted_as_warning() -> None:
+    assert load(env={"NEO_EXPORTER_LOG_LEVEL": "WARN"}).log_level == "warning"
+
+
+@pytest.mark.parametrize(
+    "given", ["https://neo.example/api/v1", "https://neo.example/api/v1/", "https://neo.example/"]
+)
+def test_an_api_url_with_the_version_path_is_the_base_url(given: str) -> None:
+    assert load("--api-url", given).api_url == "https://neo.example"
+
+
+def test_a_non_ascii_key_is_a_clear_error_that_does_not_show_it() -> None:
+    key = "neo_sk_abc\u00a0def"  # a non-breaking space, pasted from a web page
+    message = config_error(env={"NEO_EXPORTER_API_KEY": key})
+    assert "not printable ASCII at position 11 (of 14)" in message
+    assert "abc" not in message
+
+
+def test_a_non_ascii_key_in_a_key_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("\u201cneo_sk_abc\u201d\n")  # typographic quotes
+    message = credential_error({"NEO_EXPORTER_API_KEY_FILE": str(tmp_path / "key")})
+    assert f"the secret in {tmp_path / 'key'} has a character that is not printable" in message
+    assert "neo_sk" not in message
+
+
+def test_a_key_pasted_into_the_key_file_variable_is_not_echoed() -> None:
+    message = credential_error({"NEO_EXPORTER_API_KEY_FILE": SECRET})
+    assert SECRET not in message
+    assert "cannot read <hidden>: No such file or directory; expected the path of a file" in message

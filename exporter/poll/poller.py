@@ -32,8 +32,8 @@ class Poller:
 
     # Fixed attributes: a setting assigned under a wrong name fails instead of being kept.
     __slots__ = (
-        "_account_due", "_evict_due", "_task_list_offered", "account", "clock", "fetch",
-        "ledger", "metrics", "on_commit", "pinned", "polls_done", "timing",
+        "_account_due", "_evict_due", "_task_list_offered", "account", "before_poll",
+        "clock", "fetch", "ledger", "metrics", "on_commit", "pinned", "polls_done", "timing",
     )  # fmt: skip
 
     def __init__(  # noqa: PLR0913 - the three parts, then keyword-only options
@@ -48,6 +48,7 @@ class Poller:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_commit: Callable[[], None] = lambda: None,
         account: BalanceReader | None = None,
+        before_poll: Callable[[], None] = lambda: None,
     ) -> None:
         self.ledger = ledger
         self.metrics = metrics
@@ -56,6 +57,9 @@ class Poller:
         self.clock = clock
         self.on_commit = on_commit
         self.account = account
+        # What must hold for a poll to count anything (the state file is in place, the
+        # ledger's account is the API's): raises an ExporterError, and the poll fails.
+        self.before_poll = before_poll
         self.fetch = Fetcher(client, metrics, ledger.fingerprints, max_workers=max_workers)
         self._task_list_offered = True
         self._account_due = 0.0  # unix time (of the poller's clock) of the next balance read
@@ -138,6 +142,7 @@ class Poller:
         self.ledger.load_index(self.timing.hot_since(self.clock().timestamp()), keep=self.pinned)
 
     def poll_once(self) -> PollReport:
+        self.before_poll()
         with _cycle_collector_paused():
             self.load_index()
             now = self.clock()

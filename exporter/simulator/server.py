@@ -30,8 +30,17 @@ SUMMARY = "/api/v1/usage/summary"
 TASKS = "/api/v1/tasks"
 TASK = "/api/v1/tasks/{id}"
 CREDITS = "/api/v1/billing/credits"
+USER = "/api/v1/user"
 UNKNOWN = "unknown"
-FIXED = {STREAMS, TASK_USAGES, SUMMARY, TASKS, CREDITS}
+FIXED = {STREAMS, TASK_USAGES, SUMMARY, TASKS, CREDITS, USER}
+# Who the simulated key belongs to (GET /api/v1/user): a solo user, or with a team
+# world, a team admin. Tests set ``SimulatedApi.user`` to stand for another account.
+SOLO_USER = {"email": "demo@example.com", "role": "user", "team": None}
+TEAM_USER = {
+    "email": "admin@example.com",
+    "role": "user",
+    "team": {"id": "team-demo", "name": "Demo team", "auto_joined": False, "role": "admin"},
+}
 KINDS = {
     400: "invalid request",
     401: "unauthorized request",
@@ -118,6 +127,7 @@ class SimulatedApi:
         self.token = token
         self.role = role
         self.faults = faults if faults is not None else Faults()
+        self.user: dict[str, Any] = dict(TEAM_USER if world.team else SOLO_USER)
         self.requests: Counter[tuple[str, int]] = Counter()
         # When a list, every request's method and target, in the order answered.
         self.journal: list[str] | None = None
@@ -258,6 +268,8 @@ class SimulatedApi:
             return _json(faults.object(body))
         if template == SUMMARY:
             return _json(faults.object(queries.summary(world, now, params)))
+        if template == USER:
+            return _json(self.user)
         return _json(faults.object(queries.credit_balance(world, now)))
 
     def _envelope(self, rows: list[str], paging: dict[str, Any], finals: list[str]) -> bytes:
