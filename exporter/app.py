@@ -134,7 +134,9 @@ class Exporter:
                 self.ledger,
                 self.metrics,
                 timing=Timing(
-                    lookback=settings.lookback, full_list_interval=settings.full_list_interval
+                    lookback=settings.lookback,
+                    full_list_interval=settings.full_list_interval,
+                    account_interval=settings.reconcile_interval,
                 ),
                 pinned=pinned,
                 max_workers=settings.max_concurrent_requests,

@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from pydantic import ValidationError
 
 from exporter.client import NeoClient
 from exporter.errors import ApiError, ApiStatusError
-from exporter.models import MemberUsage, describe_validation_error
+from exporter.models import MemberUsage, UsageSummary, describe_validation_error
 from exporter.snapshots import ACCOUNT_KEY, TEAM_KEY, BalanceFigures, TeamFigures
 
 log = structlog.get_logger(__name__)
@@ -41,6 +41,15 @@ def _stamp(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
 
+class AccountRead(NamedTuple):
+    """What one read of the account found: meta entries to commit with the poll, the
+    errors met, and the all-time usage summary (for reconciliation), if it answered."""
+
+    meta: dict[str, str]
+    errors: list[ApiError]
+    summary: UsageSummary | None
+
+
 class BalanceReader:
     """Reads balance (and per-member spend) once per poll; failures keep the last values."""
 
@@ -52,25 +61,34 @@ class BalanceReader:
         team_view: bool = False,
         export_emails: bool = False,
         salt: bytes = b"",
+        reconcile: bool = True,
     ) -> None:
         self.client = client
         self.salt = salt
         self.lookback = lookback
         self.team_view = team_view
         self.export_emails = export_emails
+        self.reconcile = reconcile  # the all-time summary is wanted too
         self._billing_supported = True
         self.requests = 0
 
-    def read(self, now: datetime) -> tuple[dict[str, str], list[ApiError]]:
-        """Meta entries to commit with the poll, and the errors met on the way."""
+    def read(self, now: datetime) -> AccountRead:
+        """The balance (and the team's spend), and the all-time summary: one request
+        for both, but in the team view, whose figures are the window's."""
         account: dict[str, float | None] = {}
         errors: list[ApiError] = []
         meta: dict[str, str] = {}
+        whole: UsageSummary | None = None
         try:
             self.requests += 1
             # Only the team view needs window figures; the balance needs no window.
             window = now - timedelta(seconds=self.lookback) if self.team_view else None
             summary = self.client.get_summary(since=window)
+            if window is None:
+                whole = summary
+            elif self.reconcile:
+                self.requests += 1
+                whole = self.client.get_summary()
         except ApiError as exc:
             errors.append(exc)
         else:
@@ -112,7 +130,7 @@ class BalanceReader:
         text = BalanceFigures(**account).dump()
         if text is not None:
             meta[ACCOUNT_KEY] = text
-        return meta, errors
+        return AccountRead(meta, errors, whole)
 
     def _members(self, entries: list[Any] | None) -> dict[str, tuple[float, float]]:
         members: dict[str, tuple[float, float]] = {}

@@ -24,7 +24,7 @@ class MetricSpec:
     help: str
     labels: tuple[str, ...] = ()
     scale: int = 1  # stored integer units per served unit
-    group: Literal["usage", "tasks", "pinned", "account", "team", "self"] = "usage"
+    group: Literal["usage", "tasks", "pinned", "account", "team", "audit", "self"] = "usage"
     key: str = ""
 
 
@@ -215,6 +215,27 @@ TEAM = tuple(
     )
 )
 
+# Self-audit (exporter.reconcile): the API's own totals against the counters; absent
+# until the first reconciliation (the usage summary answered).
+UNRECONCILED = MetricSpec(
+    "neo_exporter_unreconciled_credits",
+    "gauge",
+    "Credits the API's usage summary reports as spent since the exporter's first "
+    "reconciliation that the counters do not hold (negative: counted beyond it), "
+    "settled; by model where the summary gives credits by model, else one series "
+    "with an empty model.",
+    ("model",),
+    scale=NANO,
+    group="audit",
+)
+RECONCILED_AT = MetricSpec(
+    "neo_exporter_last_reconciliation_timestamp_seconds",
+    "gauge",
+    "Unix time of the last reconciliation with the API's usage summary.",
+    group="audit",
+)
+AUDIT = (UNRECONCILED, RECONCILED_AT)
+
 # The exporter's own metrics (prometheus_client objects in exporter.selfmetrics).
 SELF: tuple[MetricSpec, ...] = (
     MetricSpec(
@@ -282,6 +303,19 @@ SELF: tuple[MetricSpec, ...] = (
         "neo_exporter_ledger_size_bytes", "gauge", "Size of the SQLite ledger file.", group="self"
     ),
     MetricSpec(
+        "neo_exporter_sweep_requests_total",
+        "counter",
+        "Usage pages requested by sweeps: listings further back than the lookback window "
+        "while the counters and the API's totals disagree.",
+        group="self",
+    ),
+    MetricSpec(
+        "neo_exporter_sweep_runs_found_total",
+        "counter",
+        "Runs new to the ledger that sweeps found.",
+        group="self",
+    ),
+    MetricSpec(
         "neo_exporter_label_overflow_total",
         "counter",
         "Samples whose label value was folded into 'other' by the cardinality cap.",
@@ -309,6 +343,7 @@ def all_specs() -> tuple[MetricSpec, ...]:
         PINNED_INFO,
         *ACCOUNT,
         *TEAM,
+        *AUDIT,
         *SELF,
     )
 

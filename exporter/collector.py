@@ -23,13 +23,16 @@ from exporter.catalogue import (
     HISTOGRAMS,
     PINNED,
     PINNED_INFO,
+    RECONCILED_AT,
     TASKS,
     TEAM,
     TRACKED_TASKS,
+    UNRECONCILED,
     MetricSpec,
 )
 from exporter.histograms import Histogram
 from exporter.ledger import Ledger
+from exporter.reconcile import AUDIT_KEY, TOTAL, Audit
 from exporter.snapshots import ACCOUNT_KEY, TEAM_KEY, BalanceFigures, PinnedFigures, TeamFigures
 
 # Task-details statuses are a closed, documented vocabulary: always allowed as labels.
@@ -178,6 +181,7 @@ class UsageCollector:
         yield from self._tasks()
         yield from self._pinned()
         yield from self._account()
+        yield from self._audit()
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -287,6 +291,24 @@ class UsageCollector:
             for member, figures in sorted(team.members.items()):
                 family.add_metric([member], figures[position])
             yield family
+
+    def _audit(self) -> Iterator[Metric]:
+        audit = Audit.read(self.ledger.meta.get(AUDIT_KEY))
+        if audit.gap is not None:
+            family = GaugeMetricFamily(
+                UNRECONCILED.name, UNRECONCILED.help, labels=UNRECONCILED.labels
+            )
+            by_model = {k: v for k, v in audit.gap.items() if k != TOTAL}
+            # What cannot be told by model (carried over a sweep, or no by_model at
+            # all) is the empty model's: the series always add up to the whole gap.
+            rest = audit.gap.get(TOTAL, 0) - sum(by_model.values())
+            if rest or not by_model:
+                by_model[TOTAL] = rest
+            for model, gap in sorted(by_model.items()):
+                family.add_metric([model], gap / UNRECONCILED.scale)
+            yield family
+        if audit.at is not None:
+            yield GaugeMetricFamily(RECONCILED_AT.name, RECONCILED_AT.help, value=audit.at)
 
 
 # The balance's figures, in the order of catalogue.ACCOUNT (BalanceFigures keeps it).

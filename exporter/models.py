@@ -190,6 +190,7 @@ class UsageSummary(_Tolerant):
     neo_credits_expires_at: Annotated[datetime | None, BeforeValidator(_aware)] = None
     neo_credits_is_expired: bool | None = None
     by_email: list[Any] | None = None  # MemberUsage entries, validated one by one
+    by_model: Any = None  # credits by model, in one of two shapes (reconcile.credits_by_model)
 
 
 class CreditBalance(_Tolerant):

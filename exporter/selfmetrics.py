@@ -67,6 +67,8 @@ class SelfMetrics:
         self.ledger_runs = gauge("neo_exporter_ledger_runs")
         self.ledger_size = gauge("neo_exporter_ledger_size_bytes")
         self.label_overflow = counter("neo_exporter_label_overflow_total")
+        self.sweep_requests = counter("neo_exporter_sweep_requests_total")
+        self.sweep_runs_found = counter("neo_exporter_sweep_runs_found_total")
         self.value_decreases = counter("neo_exporter_value_decreases_total")
         for result in ("success", "failure"):
             self.polls.labels(result)

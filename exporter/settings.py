@@ -40,7 +40,7 @@ CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
 SECRETS = frozenset({"api_key", "api_token"})
 DURATIONS = frozenset(
     {"poll_interval", "lookback", "request_timeout", "retry_backoff_max", "full_list_interval"}
-    | {"http_request_timeout"}
+    | {"http_request_timeout", "reconcile_interval"}
 )
 BUCKETS = frozenset({"tool_duration_buckets", "run_credits_buckets", "run_duration_buckets"})
 PATHS = frozenset({"api_key_file", "api_token_file", "state_path", "web_config_file"})
@@ -86,6 +86,13 @@ class Settings(BaseSettings):
         le=90 * _DAY,
         description="how often the whole lookback window is listed; polls in between list "
         "runs started in the last 2h (0: the whole window on every poll)",
+    )
+    reconcile_interval: float = Field(
+        300.0,
+        ge=30,
+        le=_DAY,
+        description="how often the account balance and the usage summary are read, and "
+        "the counters reconciled with the summary's totals",
     )
     request_timeout: float = Field(30.0, gt=0, le=600, description="timeout of one API request")
     task_ids: CommaList = Field([], description="task IDs always polled, comma-separated")

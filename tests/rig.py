@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from exporter.balance import BalanceReader
 from exporter.client import NeoClient, RetryPolicy
 from exporter.ledger import Ledger
 from exporter.poll import Poller, Timing
@@ -30,6 +31,7 @@ class Rig:
     state_path: Path
     pinned: tuple[str, ...] = ()
     defer_index: bool = False  # as the daemon: the poller loads the recent part only
+    audit: bool = False  # read the balance and the summary, and reconcile, as the daemon
     timing: Timing = field(default_factory=lambda: Timing(lookback=DAY))
     poller: Poller | None = None
     ledger: Ledger | None = None
@@ -52,6 +54,7 @@ class Rig:
             timing=self.timing,
             pinned=self.pinned,
             clock=self.clock.now,
+            account=BalanceReader(client, lookback=self.timing.lookback) if self.audit else None,
         )
         return self.poller
 

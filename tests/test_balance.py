@@ -43,7 +43,7 @@ def raw(api: SimulatedApi, path: str, **params: str) -> dict[str, object]:
 
 
 def test_balance_comes_from_the_billing_api(team_api: SimulatedApi, client: NeoClient) -> None:
-    meta, errors = BalanceReader(client, lookback=86_400).read(NOW)
+    meta, errors, _ = BalanceReader(client, lookback=86_400).read(NOW)
     assert errors == []
     balance = raw(team_api, "/api/v1/billing/credits")
     summary = raw(team_api, "/api/v1/usage/summary")
@@ -59,7 +59,7 @@ def test_balance_comes_from_the_billing_api(team_api: SimulatedApi, client: NeoC
 
 
 def test_team_view_is_pseudonymous_by_default(team_api: SimulatedApi, client: NeoClient) -> None:
-    meta, _ = BalanceReader(client, lookback=86_400, team_view=True, salt=SALT).read(NOW)
+    meta, *_ = BalanceReader(client, lookback=86_400, team_view=True, salt=SALT).read(NOW)
     members = json.loads(meta[TEAM_KEY])
     assert members
     assert all(re.fullmatch(r"member-[0-9a-f]{16}", label) for label in members)
@@ -86,7 +86,7 @@ def test_pseudonyms_are_keyed_by_the_installation_salt() -> None:
 
 
 def test_team_view_off_drops_stored_members(client: NeoClient) -> None:
-    meta, _ = BalanceReader(client, lookback=86_400, team_view=False).read(NOW)
+    meta, *_ = BalanceReader(client, lookback=86_400, team_view=False).read(NOW)
     assert json.loads(meta[TEAM_KEY]) == {}
 
 

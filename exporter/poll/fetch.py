@@ -133,6 +133,14 @@ class Fetcher:
             found.update((info.id, info) for info in tasks)
         return found, answered, None
 
+    def days(self, since: float, until: float) -> Listing[Observation]:
+        """Every run whose row is dated in [since, until): a day of a sweep."""
+        return self.client.map_stream_usage(
+            Observation.from_row, since=datetime.fromtimestamp(since, UTC),
+            until=datetime.fromtimestamp(until, UTC), fingerprint=row_fingerprint,
+            known=self.fingerprints,
+        )  # fmt: skip
+
     def own_tasks(self, pages: int) -> tuple[list[TaskInfo], ApiError | None]:
         """The caller's own tasks, all statuses, newest first, at most ``pages`` pages;
         and the failure that ended the reading, if one did (counted and logged)."""

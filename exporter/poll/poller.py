@@ -13,6 +13,7 @@ import structlog
 
 from exporter.accounting import Deltas
 from exporter.balance import BalanceReader
+from exporter.catalogue import CREDITS
 from exporter.client import NeoClient
 from exporter.errors import ApiInterrupted, ExporterError
 from exporter.ledger import Ledger
@@ -20,6 +21,7 @@ from exporter.poll.cycle import PollCycle
 from exporter.poll.fetch import Fetcher
 from exporter.poll.report import PollReport
 from exporter.poll.timing import Timing
+from exporter.reconcile import AUDIT_KEY, counted_by_model, reconcile
 from exporter.selfmetrics import SelfMetrics
 
 log = structlog.get_logger(__name__)
@@ -156,7 +158,7 @@ class Poller:
                 self._task_list_offered = cycle.task_list_offered
             stamp = now.timestamp()
             if self.account is not None and stamp >= self._account_due:
-                changes.meta.update(self._read_account(now))
+                changes.meta.update(self._read_account(now, changes.deltas))
             overflow = self.ledger.commit(changes)
             if stamp >= self._evict_due:
                 # Memory follows the window: older runs and tasks stay in the file only.
@@ -167,18 +169,30 @@ class Poller:
             self.on_commit()
             return cycle.report
 
-    def _read_account(self, now: datetime) -> dict[str, str]:
+    def _read_account(self, now: datetime, deltas: Deltas) -> dict[str, str]:
         """The balance moves slowly and its alerts look at hours: it is read every
-        ``account_interval``, not on every poll, to keep requests per poll to the usage."""
+        ``account_interval``, not on every poll, to keep requests per poll to the usage.
+        The summary read with it is reconciled with what the ledger counted, this poll's
+        ``deltas`` included."""
         assert self.account is not None
         self._account_due = now.timestamp() + self.timing.account_interval
-        meta, errors = self.account.read(now)
-        if errors:
+        read = self.account.read(now)
+        if read.errors:
             self._account_due = 0.0  # try again on the next poll
-        for exc in errors:
+        for exc in read.errors:
             self.metrics.errors.labels(exc.reason).inc()
             log.warning("account_read_failed", reason=exc.reason, error=str(exc))
-        return meta
+        if read.summary is None:
+            return read.meta
+        counted = {
+            model: before + after
+            for model, before, after in _merged(
+                counted_by_model(self.ledger.counters, CREDITS.name),
+                counted_by_model(deltas.counters, CREDITS.name),
+            )
+        }
+        audit = reconcile(self.ledger.meta.get(AUDIT_KEY), read.summary, counted, now.timestamp())
+        return {**read.meta, **audit}
 
     def _after_commit(self, deltas: Deltas, overflow: dict[str, int]) -> None:
         for name, count in deltas.decreases.items():
@@ -189,6 +203,11 @@ class Poller:
             self.metrics.label_overflow.labels(label).inc(count)
         self.metrics.ledger_runs.set(self.ledger.run_count)
         self.metrics.ledger_size.set(self.ledger.size_bytes())
+
+
+def _merged(a: dict[str, int], b: dict[str, int]) -> Iterator[tuple[str, int, int]]:
+    for key in a.keys() | b.keys():
+        yield key, a.get(key, 0), b.get(key, 0)
 
 
 @contextlib.contextmanager

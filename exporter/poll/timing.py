@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 HOUR = 3600.0
+DAY = 24 * HOUR
 
 
 @dataclass(frozen=True)
@@ -19,10 +20,13 @@ class Timing:
     change to an older run counts at the next full listing.
     ``settle_grace``: how long a run that ended outside what polls list is still read by
     ID, in case its usage settles (grows once more) after its first finished row.
-    ``account_interval``: seconds between reads of the account balance.
+    ``account_interval``: seconds between reads of the account balance and the usage
+    summary, which reconciles the counters with the API's totals (RECONCILE_INTERVAL).
     ``hot_lookbacks``: memory holds the runs that started within this many lookbacks and
     the tasks active within them (with live, followed and pinned ones); older ones stay in
     the ledger file, evicted from memory every ``evict_interval`` (or lookback, if shorter).
+    ``sweep_lookback``, ``sweep_budget``, ``sweep_pages``: how far back a sweep lists,
+    the usage pages it may request in all and in one poll (``exporter.poll.sweep``).
     ``scan_interval``: seconds between scans of the caller's own task list for older
     tasks continued since the last scan (whose new rows may carry their task's date); 0:
     never.
@@ -36,6 +40,9 @@ class Timing:
     hot_lookbacks: int = 2
     evict_interval: float = HOUR
     scan_interval: float = HOUR
+    sweep_lookback: float = 30 * DAY
+    sweep_budget: int = 1000
+    sweep_pages: int = 20
 
     @property
     def incremental(self) -> bool:

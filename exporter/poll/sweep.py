@@ -1,0 +1,107 @@
+"""Sweeps: listings further back than the lookback window, made while the counters and
+the API's own totals disagree (``exporter.reconcile``), to find what the regular
+listings could not show: a continuation of an old task dated by its task, a settle long
+after its run left the window, a teammate's run longer than the lookback.
+
+A sweep lists ``/usage/streams`` a day at a time, newest first, from the start of the
+window back to ``Timing.sweep_lookback``, at most ``Timing.sweep_pages`` pages a poll and
+``Timing.sweep_budget`` in all. Rows already counted are skipped by their fingerprints;
+what it finds is counted by the same rules as every other row. Its progress is kept in
+the ledger with each poll, so a restart goes on where the last committed poll left it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+
+from exporter.poll.timing import DAY, Timing
+from exporter.reconcile import ROUNDING
+
+SWEEP_KEY = "sweep"  # ledger meta key of the stored ``SweepState``
+THRESHOLD = 10 * ROUNDING  # a gap above a hundredth of a credit is worth a sweep
+SLICE = DAY  # listed a day at a time
+
+
+@dataclass(frozen=True)
+class SweepState:
+    """A sweep in progress (``next`` > 0), and what starts the next one."""
+
+    since: float = 0.0  # the oldest start the sweep lists (unix time)
+    next: float = 0.0  # the end of the next day to list; 0: no sweep in progress
+    requests: int = 0  # pages requested by the sweep so far
+    found: int = 0  # runs new to the ledger it found so far
+    gap_since: float | None = None  # since when the gap has stood above THRESHOLD
+    swept_gap: int | None = None  # the gap (nano-credits) the last sweep left
+    gap: int = 0  # the gap when the sweep started (nano-credits)
+    found_credits: int = 0  # what the runs it found held when counted in full
+
+    @property
+    def active(self) -> bool:
+        return self.next > 0
+
+    def dump(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def read(cls, text: str | None) -> SweepState:
+        """The stored state; a fresh one for none, or for one that does not read."""
+        if not text:
+            return cls()
+        try:
+            return cls(**json.loads(text))
+        except (ValueError, TypeError):
+            return cls()
+
+
+def sweep_due(
+    state: SweepState, gap: int | None, stamp: float, window_since: float, timing: Timing
+) -> SweepState:
+    """The state once the settled ``gap`` (nano-credits; None: not known) is taken in.
+    A sweep starts when a positive gap has stood above THRESHOLD for two
+    reconciliations and is larger than the one the last sweep left (which may be
+    spend that no listing shows: the sweep is not made again for it)."""
+    if gap is None or gap <= THRESHOLD:
+        return replace(state, gap_since=None)
+    since = state.gap_since if state.gap_since is not None else stamp
+    state = replace(state, gap_since=since)
+    if state.active:
+        return state
+    lasting = stamp - since >= 2 * timing.account_interval
+    grown = state.swept_gap is None or gap > state.swept_gap + THRESHOLD
+    if not (lasting and grown):
+        return state
+    return replace(
+        state, since=stamp - timing.sweep_lookback, next=window_since, requests=0, found=0,
+        gap=gap, found_credits=0,
+    )  # fmt: skip
+
+
+def next_slice(state: SweepState, pages: int, timing: Timing) -> tuple[float, float] | None:
+    """The day to list next ([since, until)), while the sweep is in progress and this
+    poll (``pages`` requested by it so far) and the sweep are within their budgets."""
+    if not state.active or state.next <= state.since:
+        return None
+    if pages >= timing.sweep_pages or state.requests >= timing.sweep_budget:
+        return None
+    return max(state.since, state.next - SLICE), state.next
+
+
+def after_slice(
+    state: SweepState, listed: tuple[float, float], pages: int, found: int, timing: Timing
+) -> SweepState:
+    """The state once a day is listed; ended (``next`` 0) once the oldest day is, or
+    once the budget is spent."""
+    state = replace(
+        state, next=listed[0], requests=state.requests + pages, found=state.found + found
+    )
+    if state.next <= state.since or state.requests >= timing.sweep_budget:
+        state = replace(state, next=0.0)
+    return state
+
+
+def left_after(state: SweepState) -> int:
+    """The gap a sweep that ended is taken to leave: the gap it started for, less what
+    the runs it found held when counted (never below nothing: a run found may have
+    spent some of that before the comparison began). It is not swept for again."""
+    return max(0, state.gap - state.found_credits)

@@ -1,0 +1,187 @@
+"""Self-audit (exporter.reconcile): the gap between the API's totals and the counters,
+by table; the exporter against the simulated API's summary is in test_api_behaviours."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from exporter.catalogue import NANO
+from exporter.reconcile import (
+    AUDIT_KEY,
+    ROUNDING,
+    TOTAL,
+    Audit,
+    Sample,
+    counted_by_model,
+    credits_by_model,
+    record,
+)
+from tests.rig import DAY, Rig, assert_exact, make_rig, run_polls, value
+from tests.truth import Truth
+
+C = NANO  # one credit, in nano-credits
+
+
+@pytest.mark.parametrize(
+    ("by_model", "total", "expected"),
+    [
+        ({"a": {"neo_credits": 1.5, "tasks": 2}, "b": {"neo_credits": "2.5"}}, "4",
+         {"a": 3 * C // 2, "b": 5 * C // 2, TOTAL: 4 * C}),  # nested
+        ({"a": 1.5, "b": 2.5}, "4", {"a": 3 * C // 2, "b": 5 * C // 2, TOTAL: 4 * C}),  # flat
+        (None, "4", {TOTAL: 4 * C}),  # omitted
+        ({"a": {"tasks": 2}}, "4", {TOTAL: 4 * C}),  # no credits in it
+        ({"a": -1}, "4", {TOTAL: 4 * C}),  # not an amount
+        ({"a": 1, "b": 1}, "4", {TOTAL: 4 * C}),  # does not add up to the total
+        ([1, 2], "4", {TOTAL: 4 * C}),  # another shape
+        ({"a": 1}, None, None),  # no total: nothing to reconcile
+    ],
+)  # fmt: skip
+def test_credits_by_model(by_model: object, total: str | None, expected: object) -> None:
+    amount = None if total is None else Decimal(total)
+    assert credits_by_model(by_model, amount) == expected
+
+
+def test_counted_by_model_sums_the_credit_counter_over_its_other_labels() -> None:
+    counters = {
+        ("neo_credits_total", ("a", "completed")): 2 * C,
+        ("neo_credits_total", ("a", "error")): C,
+        ("neo_credits_total", ("b", "completed")): C,
+        ("neo_steps_total", ("a", "completed")): 99,
+    }
+    assert counted_by_model(counters, "neo_credits_total") == {"a": 3 * C, "b": C, TOTAL: 4 * C}
+
+
+def samples(api: list[int], counted: list[int]) -> list[Sample]:
+    return [
+        Sample(float(n), {TOTAL: a}, {TOTAL: c})
+        for n, (a, c) in enumerate(zip(api, counted, strict=True))
+    ]
+
+
+def take(audit: Audit, taken: list[Sample], reset: str | None = None) -> Audit:
+    for sample in taken:
+        audit = record(audit, sample, reset)
+    return audit
+
+
+# The API's total and the counters over ten polls, spend varying from poll to poll; the
+# counters see everything; the summary as they are (0), a poll behind them (-1: the
+# summary lags) or a poll ahead (+1: it leads).
+SPENT = [0, 5, 12, 14, 30, 31, 45, 60, 61, 80]
+
+
+@pytest.mark.parametrize("shift", [0, -1, 1])
+def test_a_summary_out_of_step_by_a_poll_settles_to_no_gap(shift: int) -> None:
+    api = [SPENT[max(0, min(n + shift, len(SPENT) - 1))] * C for n in range(len(SPENT))]
+    audit = take(Audit(), samples(api[1:-1], [s * C for s in SPENT[1:-1]]))
+    assert audit.gap == {TOTAL: 0}
+    assert audit.alignment == shift
+
+
+def test_spend_no_listing_shows_is_the_gap_once_settled() -> None:
+    hidden = [0, 0, 0, 0, 3, 3, 7, 7, 7, 7]  # runs in no listing: in the summary only
+    api = [(s + h) * C for s, h in zip(SPENT, hidden, strict=True)]
+    audit = take(Audit(), samples(api, [s * C for s in SPENT]))
+    assert audit.gap == {TOTAL: 7 * C}  # the last sample but one: settled
+    assert audit.alignment == 0
+
+
+def test_no_gap_before_the_reference_has_its_neighbours() -> None:
+    audit = take(Audit(), samples([C, 2 * C], [C, 2 * C]))
+    assert audit.gap is None
+    assert audit.at == 1.0
+    assert take(audit, samples([0, 0, 3 * C], [0, 0, 3 * C])[2:]).gap == {TOTAL: 0}
+
+
+def test_a_reset_of_the_api_total_carries_the_gap_over() -> None:
+    api = [0, 10 * C, 20 * C, 30 * C, 40 * C, 50 * C]
+    audit = take(Audit(), samples(api, [0, 10 * C, 20 * C, 28 * C, 38 * C, 48 * C]))
+    assert audit.gap == {TOTAL: 2 * C}
+    # The API's total starts again from nothing (a billing period): so does the reference,
+    # and what was settled is carried; afterwards both grow alike.
+    after = [
+        Sample(10.0 + n, {TOTAL: a}, {TOTAL: 47 * C + a})
+        for n, a in enumerate([C, 5 * C, 9 * C, 12 * C, 20 * C])
+    ]
+    audit = take(audit, after)
+    assert audit.gap == {TOTAL: 2 * C}
+    assert audit.carried == {TOTAL: 2 * C}
+
+
+def test_a_moved_credit_reset_starts_a_new_reference() -> None:
+    audit = take(Audit(), samples([0, C, 2 * C, 3 * C], [0, C, 2 * C, 3 * C]), reset="r1")
+    moved = record(audit, Sample(9.0, {TOTAL: 50 * C}, {TOTAL: 4 * C}), "r2")
+    assert (moved.base, moved.reset_mark, moved.gap) == (
+        (Sample(9.0, {TOTAL: 50 * C}, {TOTAL: 4 * C}),), "r2", {TOTAL: 0},
+    )  # fmt: skip
+
+
+def test_the_gap_by_model() -> None:
+    def at(n: float, a: int, b: int, ca: int, cb: int) -> Sample:
+        return Sample(n, {"a": a, "b": b, TOTAL: a + b}, {"a": ca, "b": cb, TOTAL: ca + cb})
+
+    taken = [at(0, 0, 0, 0, 0), at(1, C, C, C, C), at(2, 2 * C, 3 * C, 2 * C, 2 * C),
+             at(3, 3 * C, 5 * C, 3 * C, 4 * C), at(4, 4 * C, 5 * C, 4 * C, 4 * C)]  # fmt: skip
+    assert take(Audit(), taken).gap == {"a": 0, "b": C, TOTAL: C}
+
+
+def test_the_audit_survives_the_ledger() -> None:
+    audit = take(Audit(), samples([0, C, 3 * C, 4 * C], [0, C, 2 * C, 3 * C]), reset="r")
+    assert Audit.read(audit.dump()) == audit
+    assert Audit.read("not json") == Audit()
+    assert Audit.read(None) == Audit()
+
+
+def gap_of(rig: Rig) -> dict[str, int] | None:
+    assert rig.ledger is not None
+    return Audit.read(rig.ledger.meta.get(AUDIT_KEY)).gap
+
+
+def test_exact_counters_leave_no_gap_with_the_simulated_summary(tmp_path: Path) -> None:
+    """Counters that are exact reconcile with the API's own totals, by model too, from
+    the first settled gap on (rows shown while their runs are in progress)."""
+    for rig in make_rig(tmp_path, live_rows=True):
+        rig.audit = True
+        truth = Truth(rig.world)
+        rig.open()
+        gaps = []
+        for step in range(8):
+            run_polls(rig, truth, 1, 300 if step else 0)
+            gaps.append(gap_of(rig))
+        assert gaps[:2] == [None, None]  # the reference needs its neighbours
+        settled = [gap for gap in gaps[2:] if gap is not None]
+        assert len(settled) == 6
+        assert len(settled[-1]) > 2  # by model, and in all
+        for gap in settled:
+            assert all(abs(value) <= ROUNDING for value in gap.values()), gap
+
+
+def test_a_sweep_finds_teammates_continuations_of_old_tasks(tmp_path: Path) -> None:
+    """A team admin's view with rows dated by their task: teammates' continuations of
+    tasks days old are in no listing of the window and no task list. The summary holds
+    their spend, the gap lasts, and a sweep listing further back finds them: they count
+    in full, once, and the gap closes."""
+    for rig in make_rig(tmp_path, stream_created_at="task", team=True, live_rows=True):
+        rig.audit = True
+        truth = Truth(rig.world)
+        poller = rig.open()
+        run_polls(rig, truth, 3, 300)
+        old = [
+            t.task_id for t in rig.world.tasks
+            if not rig.world.owns(t) and t.created / 1000 < rig.baseline - DAY
+        ][:40]  # fmt: skip
+        for task_id in old:
+            rig.world.continue_task(task_id)
+        gaps = []
+        for _ in range(14):
+            run_polls(rig, truth, 1, 300)
+            gap = gap_of(rig)
+            gaps.append(0 if gap is None else gap[TOTAL])
+        assert max(gaps) > 100 * ROUNDING, "the continuations should show as a gap"
+        assert abs(gaps[-1]) <= ROUNDING
+        assert value(poller.metrics, "neo_exporter_sweep_runs_found_total") >= len(old)
+        assert value(poller.metrics, "neo_exporter_sweep_requests_total") > 0
+        assert_exact(rig, truth)
