@@ -51,14 +51,17 @@ HEALTHCHECK = DEPLOY / "docker" / "healthcheck.py"
 
 # The simulator's public demo key ("neo_sk_demo" and 28 zeros).
 DEMO_API_KEY = "neo_sk_demo" + "0" * 28
-# Account balance gauges the exporter is about to serve; the rules and the dashboard use
-# them already. Remove a name from here once the catalogue defines it.
+# Gauges the exporter is about to serve (the account balance; issue 19's reconciliation);
+# the rules and the dashboard use them already. Remove a name from here once the
+# catalogue defines it.
 PLANNED_METRICS = frozenset(
     {
         "neo_account_available_credits",
         "neo_account_issued_credits",
         "neo_account_used_credits_since_reset",
         "neo_account_credits_expiry_timestamp_seconds",
+        "neo_exporter_unreconciled_credits",
+        "neo_exporter_last_reconciliation_timestamp_seconds",
     }
 )
 # Series Prometheus itself provides.
@@ -713,8 +716,14 @@ def test_dashboard_queries_read_only_catalogue_metrics_and_recorded_series() -> 
     assert {title: names for title, names in unknown.items() if names} == {}
 
 
+# Model-labelled series whose panels ignore the model filter on purpose, saying so: the
+# reconciliation gap is the account's, and a summary without credits by model serves it
+# with model="", which the filter's "All" value ".+" would hide.
+MODEL_FILTER_EXEMPT = frozenset({"neo_exporter_unreconciled_credits"})
+
+
 def test_dashboard_filters_every_model_labelled_series_by_the_model_variable() -> None:
-    model_series = series_with_model_label()
+    model_series = series_with_model_label() - MODEL_FILTER_EXEMPT
     unfiltered = [
         (panel["title"], name)
         for panel in dashboard_panels()
@@ -723,6 +732,14 @@ def test_dashboard_filters_every_model_labelled_series_by_the_model_variable() -
         if name in model_series and 'model=~"$model"' not in matchers
     ]
     assert unfiltered == []
+    unexplained = [
+        panel["title"]
+        for panel in dashboard_panels()
+        for target in panel.get("targets", [])
+        if promql_metric_names(target["expr"]) & MODEL_FILTER_EXEMPT
+        and "model filter does not apply" not in panel["description"]
+    ]
+    assert unexplained == []
 
 
 def test_dashboard_filters_every_exporter_series_by_job_and_instance() -> None:

@@ -326,6 +326,7 @@ def test_chart_and_generator_swap_the_selector_alike(everything_objects: Objects
         "neo:settings:hourly_budget_credits": "vector(20)",
         "neo:settings:daily_budget_credits": "vector(250)",
         "neo:settings:low_balance_credits": "vector(50)",
+        "neo:settings:unreconciled_credits": "vector(2.5)",
     }
     for group in expected:
         for r in group["rules"]:
