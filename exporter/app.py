@@ -137,6 +137,7 @@ class Exporter:
                     lookback=settings.lookback,
                     full_list_interval=settings.full_list_interval,
                     account_interval=settings.reconcile_interval,
+                    sweep_lookback=settings.sweep_lookback,
                 ),
                 pinned=pinned,
                 max_workers=settings.max_concurrent_requests,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import NamedTuple
 
@@ -58,6 +58,23 @@ class Audit:
     gap: dict[str, int] | None = None  # the settled gap, by model; None until known
     at: float | None = None  # when it was last reconciled
     alignment: int = 0  # the alignment of the settled gap
+    # What runs that ended before the reference held, counted since (found late, by a
+    # sweep say): spend before the comparison began, left out of the counters' side.
+    before: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def reference_at(self) -> float | None:
+        """When the reference sample was taken; None before it was."""
+        return self.base[1].at if len(self.base) > 1 else None
+
+    def leaving_out(self, held: Mapping[str, int]) -> Audit:
+        """The audit with ``held`` (nano-credits by model) left out of the counters'
+        side from now on."""
+        before = dict(self.before)
+        for model, credits in held.items():
+            before[model] = before.get(model, 0) + credits
+        before[TOTAL] = before.get(TOTAL, 0) + sum(held.values())
+        return replace(self, before=before)
 
     def dump(self) -> str:
         return json.dumps(
@@ -69,6 +86,7 @@ class Audit:
                 "gap": self.gap,
                 "at": self.at,
                 "alignment": self.alignment,
+                "before": self.before,
             },
             sort_keys=True,
         )
@@ -89,6 +107,7 @@ class Audit:
                 gap=None if raw["gap"] is None else {str(k): int(v) for k, v in raw["gap"].items()},
                 at=raw["at"],
                 alignment=int(raw["alignment"]),
+                before={str(k): int(v) for k, v in raw.get("before", {}).items()},
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return cls()
@@ -134,7 +153,7 @@ def record(audit: Audit, sample: Sample, reset_mark: str | None) -> Audit:
     dropped = last is not None and sample.api[TOTAL] < last.api[TOTAL] - ROUNDING
     if moved or dropped:
         carried = audit.gap if audit.gap is not None else audit.carried
-        audit = Audit(carried=dict(carried), gap=audit.gap, at=audit.at)
+        audit = Audit(carried=dict(carried), gap=audit.gap, at=audit.at, before=audit.before)
     base = audit.base if len(audit.base) == 3 else (*audit.base, sample)
     recent = (*audit.recent, sample)[-KEEP:]
     settled = settle(base, recent, audit.carried)
@@ -149,6 +168,7 @@ def record(audit: Audit, sample: Sample, reset_mark: str | None) -> Audit:
         gap=gap,
         at=sample.at,
         alignment=alignment,
+        before=audit.before,
     )
 
 
@@ -220,7 +240,8 @@ def reconcile(
         return {}
     before = Audit.read(stored)
     reset = summary.last_credit_reset.isoformat() if summary.last_credit_reset else None
-    audit = record(before, Sample(at, api, counted), reset)
+    ours = {model: credits - before.before.get(model, 0) for model, credits in counted.items()}
+    audit = record(before, Sample(at, api, ours), reset)
     if audit.base and len(audit.base) == 1 and before.recent:
         log.warning(
             "reconcile_rebased", reason="the API's total went down or its credit reset "

@@ -40,7 +40,7 @@ CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
 SECRETS = frozenset({"api_key", "api_token"})
 DURATIONS = frozenset(
     {"poll_interval", "lookback", "request_timeout", "retry_backoff_max", "full_list_interval"}
-    | {"http_request_timeout", "reconcile_interval"}
+    | {"http_request_timeout", "reconcile_interval", "sweep_lookback"}
 )
 BUCKETS = frozenset({"tool_duration_buckets", "run_credits_buckets", "run_duration_buckets"})
 PATHS = frozenset({"api_key_file", "api_token_file", "state_path", "web_config_file"})
@@ -93,6 +93,13 @@ class Settings(BaseSettings):
         le=_DAY,
         description="how often the account balance and the usage summary are read, and "
         "the counters reconciled with the summary's totals",
+    )
+    sweep_lookback: float = Field(
+        30 * _DAY,
+        ge=0,
+        le=400 * _DAY,
+        description="how far back a sweep lists when the counters and the usage "
+        "summary's totals disagree for long (0: never sweep)",
     )
     request_timeout: float = Field(30.0, gt=0, le=600, description="timeout of one API request")
     task_ids: CommaList = Field([], description="task IDs always polled, comma-separated")

@@ -60,8 +60,6 @@ PLANNED_METRICS = frozenset(
         "neo_account_issued_credits",
         "neo_account_used_credits_since_reset",
         "neo_account_credits_expiry_timestamp_seconds",
-        "neo_exporter_unreconciled_credits",
-        "neo_exporter_last_reconciliation_timestamp_seconds",
     }
 )
 # Series Prometheus itself provides.

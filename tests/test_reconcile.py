@@ -176,12 +176,14 @@ def test_a_sweep_finds_teammates_continuations_of_old_tasks(tmp_path: Path) -> N
         for task_id in old:
             rig.world.continue_task(task_id)
         gaps = []
-        for _ in range(14):
+        for _ in range(16):
             run_polls(rig, truth, 1, 300)
             gap = gap_of(rig)
             gaps.append(0 if gap is None else gap[TOTAL])
         assert max(gaps) > 100 * ROUNDING, "the continuations should show as a gap"
-        assert abs(gaps[-1]) <= ROUNDING
+        # What is left: what runs taken for history, found late, spent between the
+        # reference and their first sight (the counters never hold it).
+        assert 0 <= gaps[-1] < max(gaps) / 20
         assert value(poller.metrics, "neo_exporter_sweep_runs_found_total") >= len(old)
         assert value(poller.metrics, "neo_exporter_sweep_requests_total") > 0
         assert_exact(rig, truth)

@@ -84,6 +84,7 @@ class Fold:
     confirmed: list[Confirmed] = field(default_factory=list)  # and no longer in doubt
     # Tasks with a run whose row calls it finished while its details have not yet.
     unended: set[str] = field(default_factory=set)
+    new: set[str] = field(default_factory=set)  # runs new to the ledger
 
 
 class PollCycle:
@@ -143,6 +144,7 @@ class PollCycle:
         self.ask_old_starts()  # and those of the rows just read by ID, no task twice
         fold = self.fold(listed)
         meta.update(self.sweep_progress(*swept, fold.runs))
+        meta.update(self.ended_before_reference(fold))
         ended = {t: ended_streams(info, self.baseline) for t, info in self.details.items()}
         awaited, done = await_doubtful(
             awaited, done, fold.doubts, fold.confirmed, ended, stamp=self.stamp
@@ -241,6 +243,23 @@ class PollCycle:
                 found_credits=state.found_credits / NANO,
             )  # fmt: skip
         return {SWEEP_KEY: state.dump()} if state != before else {}
+
+    def ended_before_reference(self, fold: Fold) -> dict[str, str]:
+        """Runs new to the ledger, counted in full, that ended (by their own figures)
+        before the self-audit's reference: the API's totals held them then, so what
+        they hold is left out of the comparison (``Audit.leaving_out``). Returns the
+        audit, as meta, if any."""
+        audit = Audit.read(self.ledger.meta.get(AUDIT_KEY))
+        since = audit.reference_at
+        if since is None or not fold.new:
+            return {}
+        held: dict[str, int] = {}
+        for state in fold.runs:
+            ended = state.finished and state.started_at + state.exec_ms / 1000 <= since
+            if state.stream_id in fold.new and ended and not state.baselined:
+                model = self.ledger.guard.admit("model", state.model)
+                held[model] = held.get(model, 0) + state.credits
+        return {AUDIT_KEY: audit.leaving_out(held).dump()} if held else {}
 
     def follow_live_tasks(self) -> dict[str, TaskInfo]:
         """Tasks still running are followed, so that their runs are known when they end.
@@ -421,7 +440,7 @@ class PollCycle:
         states = self.ledger.load_runs(rows)
         report.runs_updated += len(states)
         report.runs_new += len(rows) - len(states)
-        fold = Fold()
+        fold = Fold(new=rows.keys() - states.keys())
         deltas, guard, known, tasks = fold.deltas, self.ledger.guard, self.ledger.task, fold.tasks
         for key, obs in rows.items():  # every row of the poll: kept lean
             listed_at = obs.started_at  # the row's own date, by which listings find it

@@ -158,7 +158,7 @@ class Poller:
                 self._task_list_offered = cycle.task_list_offered
             stamp = now.timestamp()
             if self.account is not None and stamp >= self._account_due:
-                changes.meta.update(self._read_account(now, changes.deltas))
+                changes.meta.update(self._read_account(now, changes.deltas, changes.meta))
             overflow = self.ledger.commit(changes)
             if stamp >= self._evict_due:
                 # Memory follows the window: older runs and tasks stay in the file only.
@@ -169,11 +169,11 @@ class Poller:
             self.on_commit()
             return cycle.report
 
-    def _read_account(self, now: datetime, deltas: Deltas) -> dict[str, str]:
+    def _read_account(self, now: datetime, deltas: Deltas, meta: dict[str, str]) -> dict[str, str]:
         """The balance moves slowly and its alerts look at hours: it is read every
         ``account_interval``, not on every poll, to keep requests per poll to the usage.
         The summary read with it is reconciled with what the ledger counted, this poll's
-        ``deltas`` included."""
+        ``deltas`` included (``meta``: what the poll writes, its audit included)."""
         assert self.account is not None
         self._account_due = now.timestamp() + self.timing.account_interval
         read = self.account.read(now)
@@ -191,7 +191,8 @@ class Poller:
                 counted_by_model(deltas.counters, CREDITS.name),
             )
         }
-        audit = reconcile(self.ledger.meta.get(AUDIT_KEY), read.summary, counted, now.timestamp())
+        stored = meta.get(AUDIT_KEY, self.ledger.meta.get(AUDIT_KEY))  # this poll's, if any
+        audit = reconcile(stored, read.summary, counted, now.timestamp())
         return {**read.meta, **audit}
 
     def _after_commit(self, deltas: Deltas, overflow: dict[str, int]) -> None:

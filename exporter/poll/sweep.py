@@ -61,7 +61,7 @@ def sweep_due(
     A sweep starts when a positive gap has stood above THRESHOLD for two
     reconciliations and is larger than the one the last sweep left (which may be
     spend that no listing shows: the sweep is not made again for it)."""
-    if gap is None or gap <= THRESHOLD:
+    if gap is None or gap <= THRESHOLD or not timing.sweep_lookback:
         return replace(state, gap_since=None)
     since = state.gap_since if state.gap_since is not None else stamp
     state = replace(state, gap_since=since)
@@ -80,7 +80,7 @@ def sweep_due(
 def next_slice(state: SweepState, pages: int, timing: Timing) -> tuple[float, float] | None:
     """The day to list next ([since, until)), while the sweep is in progress and this
     poll (``pages`` requested by it so far) and the sweep are within their budgets."""
-    if not state.active or state.next <= state.since:
+    if not state.active or state.next <= state.since or not timing.sweep_lookback:
         return None
     if pages >= timing.sweep_pages or state.requests >= timing.sweep_budget:
         return None
