@@ -49,6 +49,7 @@ BENCHMARKS: list[tuple[str, str, list[str], list[str]]] = [
         ["--scrapers", "50", "--slow", "100", "--seconds", "4", "--flood", "10"],
     ),
     ("shutdown", "8. time from SIGTERM to exit while the API hangs", [], []),
+    ("sweep_cost", "9. pages a sweep costs, by tasks of history", [], ["--tasks", "10000"]),
 ]
 
 
