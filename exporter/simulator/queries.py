@@ -200,19 +200,42 @@ def task_list(world: World, now: int, params: Params) -> tuple[list[Task], str |
     return found, None
 
 
-def summary(world: World, now: int, params: Params) -> dict[str, Any]:
-    """GET /usage/summary: account totals over the listed streams in [from, to)."""
+def summary(
+    world: World, now: int, params: Params, at: int | None = None, reset: int | None = None
+) -> dict[str, Any]:
+    """GET /usage/summary: account totals over the listed (and hidden) streams in
+    [from, to), as the account was at ``at`` (default ``now``); after a credit reset at
+    ``reset`` (at or before ``at``), the credit totals count only what was spent after it."""
     if world.memo_at != now:
         world.memo.clear()
         world.memo_at = now
-    key = ("summary", tuple(sorted(params.items())))
+    at = now if at is None else min(at, now)
+    key = ("summary", tuple(sorted(params.items())), at, reset)
     if key not in world.memo:
-        world.memo[key] = _summary(world, now, params)
+        world.memo[key] = _summary(world, at, params, reset)
     result: dict[str, Any] = world.memo[key]
     return result
 
 
-def _summary(world: World, now: int, params: Params) -> dict[str, Any]:
+def _counted(world: World, at: int, params: Params) -> list[Stream]:
+    """The streams the summary counts at ``at``: listed by then (hidden ones too)."""
+    keys = _window(world.stream_index, params)
+    if world.hidden_index:
+        keys = keys + _window(world.hidden_index, params)
+    if at >= world.synced:
+        return [world.streams[no] for _, _, no in keys]
+    return [s for s in (world.streams[no] for _, _, no in keys) if world.listed_from(s) <= at]
+
+
+def _summed_status(world: World, task: Task, at: int) -> str:
+    """The task's usage status as the summary sees it: its last stream counted by ``at``."""
+    for stream in reversed(task.streams):
+        if world.listed_from(stream) <= at:
+            return stream.usage_status(at)
+    raise AssertionError("a counted stream's task has no counted stream")
+
+
+def _summary(world: World, now: int, params: Params, reset: int | None) -> dict[str, Any]:
     group_by = params.get("group_by")
     if group_by not in (None, "day", "week", "month"):
         raise BadRequest("group_by must be day, week or month")
@@ -224,8 +247,8 @@ def _summary(world: World, now: int, params: Params) -> dict[str, Any]:
     byok_llm, byok_neo, byok_streams = Decimal(0), Decimal(0), 0
     tasks: dict[str, str] = {}
     byok_tasks: set[str] = set()
-    for _, _, no in _window(world.stream_index, params):
-        stream = world.streams[no]
+    spent_tasks: set[str] = set()  # with a reset: tasks that spent after it
+    for stream in _counted(world, now, params):
         task = stream.task
         version = stream.version(now)
         if version:
@@ -235,12 +258,17 @@ def _summary(world: World, now: int, params: Params) -> dict[str, Any]:
             micro, n_steps, n_calls = usage.credits, usage.steps, len(usage.tools)
             n_triggers, n_ms = usage.agent_triggers, usage.exec_ms
         spent, llm_cost, neo_cost = money(task, micro)
-        credits += spent
         steps, calls = steps + n_steps, calls + n_calls
         triggers, exec_ms = triggers + n_triggers, exec_ms + n_ms
         new_task = task.task_id not in tasks
-        tasks[task.task_id] = aggregate_status(task, now)
-        buckets = [_bucket(by_model, task.model)]
+        tasks[task.task_id] = _summed_status(world, task, now)
+        if reset is not None:
+            spent -= money(task, world.credits_at(stream, reset))[0]
+            new_task = bool(spent) and task.task_id not in spent_tasks
+            if spent:
+                spent_tasks.add(task.task_id)
+        credits += spent
+        buckets = [_bucket(by_model, task.model)] if reset is None or spent else []
         if world.team:
             buckets.append(_bucket(by_email, task.email))
         if group_by:
@@ -256,7 +284,8 @@ def _summary(world: World, now: int, params: Params) -> dict[str, Any]:
     statuses: dict[str, int] = {}
     for status in tasks.values():
         statuses[status] = statuses.get(status, 0) + 1
-    reset = world.start_ms - world.start_ms % 86_400_000 - 3 * 86_400_000
+    if reset is None:
+        reset = world.start_ms - world.start_ms % 86_400_000 - 3 * 86_400_000
     issued = Decimal(max(1000, round(world.tasks_per_day * 10)))
     out: dict[str, Any] = {
         "total_neo_credits": credits,
@@ -303,9 +332,11 @@ def _period(stream: Stream, world: World, group_by: str) -> str:
     return day.isoformat()
 
 
-def credit_balance(world: World, now: int) -> dict[str, Any]:
+def credit_balance(
+    world: World, now: int, at: int | None = None, reset: int | None = None
+) -> dict[str, Any]:
     """GET /billing/credits, consistent with the summary's post-reset totals."""
-    totals = summary(world, now, {})
+    totals = summary(world, now, {}, at, reset)
     issued = totals["total_issued_neo_credits"]
     used = totals["total_neo_credits_post_reset"]
     return {
