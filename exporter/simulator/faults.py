@@ -7,7 +7,10 @@ import random
 import threading
 import zlib
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+
+from exporter.simulator.model import to_ms
 
 # Documented nullable TaskUsage fields (seed: get-task-usage-by-id).
 NULLABLE = (
@@ -42,6 +45,7 @@ HOSTILE_UNREAD: tuple[tuple[str, str], ...] = (
 )
 UNKNOWN_STATUS = "quarantined"
 GARBAGE = b"<html><body><h1>502 Bad Gateway</h1>upstream hiccup</body></html>"
+BY_MODEL_SHAPES = ("nested", "flat", "omitted")
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,18 @@ class Faults:
     # In a team admin's view: teammates' tasks are private, their details answer 404
     # (their usage rows are listed all the same).
     private_details: bool = False
+    # The usage summary (and the credit balance, which follows it) as the account was
+    # summary_lag seconds ago: streams not listed by then count 0, the others as they were.
+    summary_lag: float = 0.0
+    # The shape of the summary's by_model: "nested" (model -> {"neo_credits", "tasks"}),
+    # "flat" (model -> neo_credits) or "omitted" (no by_model key).
+    summary_by_model: str = "nested"
+    # A credit reset (a new billing period) at this moment: once the summary's moment has
+    # reached it, total_neo_credits, total_neo_credits_post_reset and by_model count only
+    # what each run spent after it (its credits then minus its credits at the reset; by_model
+    # lists the models and tasks that spent after it) and last_credit_reset is this moment.
+    # Other totals (tasks, steps, by_status, byok) stay all-time.
+    summary_reset_at: datetime | None = None
     seed: int = 0
     _burst_left: int = field(default=0, repr=False)
     _burst_status: int = field(default=503, repr=False)
@@ -112,6 +128,33 @@ class Faults:
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
         self._lock = threading.Lock()
+        self.summary_view(0)
+        self.summary_shape({})
+
+    def summary_view(self, now: int) -> tuple[int, int | None]:
+        """The summary's moment (unix ms) and the credit reset it has seen, if any, at
+        ``now`` (unix ms), as ``summary_lag`` and ``summary_reset_at`` set them."""
+        if not 0 <= self.summary_lag < float("inf"):
+            raise ValueError("summary_lag must be a finite number of seconds, 0 or more")
+        at = now - round(self.summary_lag * 1000)
+        reset = self.summary_reset_at
+        reset_ms = to_ms(reset) if reset is not None else None
+        return at, reset_ms if reset_ms is not None and reset_ms <= at else None
+
+    def summary_shape(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """The summary with ``by_model`` in the ``summary_by_model`` shape; not changed."""
+        shape = self.summary_by_model
+        if shape not in BY_MODEL_SHAPES:
+            raise ValueError("summary_by_model must be nested, flat or omitted")
+        if shape == "nested" or "by_model" not in summary:
+            return summary
+        out: dict[str, Any] = {}
+        for name, value in summary.items():
+            if name != "by_model":
+                out[name] = value
+            elif shape == "flat":
+                out[name] = {model: v["neo_credits"] for model, v in value.items()}
+        return out
 
     def burst(self, n: int, status: int = 503) -> None:
         """Answer the next ``n`` requests with ``status``."""

@@ -135,6 +135,13 @@ def draw_plan(seed: int, start: int, end: int, scalars: Scalars) -> Plan:
     )
 
 
+def credits_at(totals: Scalars, start: int, end: int, now: int, settled: bool) -> int:
+    """The stream's micro-credits at ``now`` (0 before it starts), from its totals alone."""
+    if now < end:
+        return int(totals.credits * (max(0, now - start) / (end - start)))
+    return totals.credits + totals.more_credits if settled else totals.credits
+
+
 def usage_at(plan: Plan, start: int, end: int, now: int, settled: bool) -> Usage:
     """The stream's numbers at ``now``: partial while running, grown once when settled."""
     totals = plan.scalars
@@ -144,7 +151,7 @@ def usage_at(plan: Plan, start: int, end: int, now: int, settled: bool) -> Usage
         tools = plan.tools[: bisect_right(plan.tools, (now, "\uffff", 0))]
         return Usage(
             steps=int(totals.steps * share),
-            credits=int(totals.credits * share),
+            credits=credits_at(totals, start, end, now, settled),
             llm_ms=int(totals.llm_ms * share),
             tool_ms=sum(ms for _, _, ms in tools),
             exec_ms=max(0, now - start),

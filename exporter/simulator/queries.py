@@ -1,4 +1,4 @@
-"""Query answering for the simulated API: filters, paging and account totals."""
+"""Query answering for the simulated API: filters and paging of the lists."""
 
 from __future__ import annotations
 
@@ -7,18 +7,16 @@ import binascii
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from exporter.simulator.model import Stream, Task, from_ms, iso, to_ms
-from exporter.simulator.views import listed_streams, money
+from exporter.simulator.model import Task, to_ms
+from exporter.simulator.views import listed_streams
 
 if TYPE_CHECKING:
     from exporter.simulator.world import Key, World
 
 TASK_STATUSES = frozenset({"active", "completed", "error", "pending", "aborted", "suspended"})
-ISSUED_YEAR = 365 * 86_400_000
 Params = Mapping[str, str]
 
 
@@ -67,7 +65,7 @@ class Page:
     has_more: bool
 
 
-def _window(index: list[Key], params: Params) -> list[Key]:
+def window(index: list[Key], params: Params) -> list[Key]:
     """Index entries with served created_at in [from, to), oldest first."""
     lo, hi = _time(params, "from"), _time(params, "to")
     left = bisect_left(index, (lo,)) if lo is not None else 0
@@ -108,7 +106,7 @@ def stream_page(world: World, now: int, params: Params) -> Page:
     """GET /usage/streams: newest first by served created_at, then stream id."""
     limit = _int(params, "limit", 50, 1, 200)
     offset = _int(params, "offset", 0, 0, None)
-    keys = _window(world.stream_index, params)
+    keys = window(world.stream_index, params)
     status, task_id = params.get("status"), params.get("task_id")
     stream_id = params.get("stream_id")
     keep = _task_filter(params)
@@ -149,7 +147,7 @@ def aggregate_status(task: Task, now: int) -> str:
 
 def task_page(world: World, now: int, params: Params) -> Page:
     """GET /usage/tasks: tasks with usage, newest first by task created_at."""
-    keys = _window(world.task_index, params)
+    keys = window(world.task_index, params)
     status, task_id = params.get("status"), params.get("task_id")
     keep = _task_filter(params)
     matches = [
@@ -198,122 +196,3 @@ def task_list(world: World, now: int, params: Params) -> tuple[list[Task], str |
     if len(found) > limit:
         return found[:limit], _cursor(found[limit - 1].no)
     return found, None
-
-
-def summary(world: World, now: int, params: Params) -> dict[str, Any]:
-    """GET /usage/summary: account totals over the listed streams in [from, to)."""
-    if world.memo_at != now:
-        world.memo.clear()
-        world.memo_at = now
-    key = ("summary", tuple(sorted(params.items())))
-    if key not in world.memo:
-        world.memo[key] = _summary(world, now, params)
-    result: dict[str, Any] = world.memo[key]
-    return result
-
-
-def _summary(world: World, now: int, params: Params) -> dict[str, Any]:
-    group_by = params.get("group_by")
-    if group_by not in (None, "day", "week", "month"):
-        raise BadRequest("group_by must be day, week or month")
-    credits = Decimal(0)
-    steps = calls = triggers = exec_ms = 0
-    by_model: dict[str, dict[str, Any]] = {}
-    by_email: dict[str, dict[str, Any]] = {}
-    by_period: dict[str, dict[str, Any]] = {}
-    byok_llm, byok_neo, byok_streams = Decimal(0), Decimal(0), 0
-    tasks: dict[str, str] = {}
-    byok_tasks: set[str] = set()
-    for _, _, no in _window(world.stream_index, params):
-        stream = world.streams[no]
-        task = stream.task
-        version = stream.version(now)
-        if version:
-            micro, n_steps, n_calls, n_triggers, n_ms = world.scalars(stream).final(version == 2)
-        else:  # still running: only the full plan knows how far it got
-            usage = world.usage(stream, now)
-            micro, n_steps, n_calls = usage.credits, usage.steps, len(usage.tools)
-            n_triggers, n_ms = usage.agent_triggers, usage.exec_ms
-        spent, llm_cost, neo_cost = money(task, micro)
-        credits += spent
-        steps, calls = steps + n_steps, calls + n_calls
-        triggers, exec_ms = triggers + n_triggers, exec_ms + n_ms
-        new_task = task.task_id not in tasks
-        tasks[task.task_id] = aggregate_status(task, now)
-        buckets = [_bucket(by_model, task.model)]
-        if world.team:
-            buckets.append(_bucket(by_email, task.email))
-        if group_by:
-            buckets.append(_bucket(by_period, _period(stream, world, group_by)))
-        for bucket in buckets:
-            bucket["neo_credits"] += spent
-            bucket["tasks"] += new_task
-        if task.byok:
-            byok_llm += llm_cost or 0
-            byok_neo += neo_cost or 0
-            byok_streams += 1
-            byok_tasks.add(task.task_id)
-    statuses: dict[str, int] = {}
-    for status in tasks.values():
-        statuses[status] = statuses.get(status, 0) + 1
-    reset = world.start_ms - world.start_ms % 86_400_000 - 3 * 86_400_000
-    issued = Decimal(max(1000, round(world.tasks_per_day * 10)))
-    out: dict[str, Any] = {
-        "total_neo_credits": credits,
-        "total_tasks": len(tasks),
-        "by_model": by_model,
-        "by_status": statuses,
-        "byok": {
-            "total_llm_cost": byok_llm,
-            "total_neo_cost": byok_neo,
-            "total_streams": byok_streams,
-            "total_tasks": len(byok_tasks),
-        },
-        "total_steps": steps,
-        "total_tool_calls": calls,
-        "total_agent_triggers": triggers,
-        "total_execution_ms": exec_ms,
-        "total_issued_neo_credits": issued,
-        "total_neo_credits_post_reset": credits,
-        "total_available_neo_credits": max(Decimal(0), issued - credits),
-        "last_credit_reset": iso(reset),
-        "neo_credits_expires_at": iso(reset + ISSUED_YEAR),
-        "neo_credits_is_expired": False,
-    }
-    if world.team:
-        out["by_email"] = [
-            {"email": email, **values}
-            for email, values in sorted(by_email.items(), key=lambda kv: -kv[1]["neo_credits"])
-        ]
-    if group_by:
-        out["by_period"] = [{"date": date, **values} for date, values in sorted(by_period.items())]
-    return out
-
-
-def _bucket(table: dict[str, dict[str, Any]], key: str) -> dict[str, Any]:
-    return table.setdefault(key, {"neo_credits": Decimal(0), "tasks": 0})
-
-
-def _period(stream: Stream, world: World, group_by: str) -> str:
-    day = from_ms(stream.created_at(world.created_mode)).date()
-    if group_by == "week":
-        day -= timedelta(days=day.weekday())
-    elif group_by == "month":
-        return f"{day:%Y-%m}"
-    return day.isoformat()
-
-
-def credit_balance(world: World, now: int) -> dict[str, Any]:
-    """GET /billing/credits, consistent with the summary's post-reset totals."""
-    totals = summary(world, now, {})
-    issued = totals["total_issued_neo_credits"]
-    used = totals["total_neo_credits_post_reset"]
-    return {
-        "available_credits": max(Decimal(0), issued - used),
-        "issued_credits": issued,
-        "used_credits": used,
-        "expires_at": totals["neo_credits_expires_at"],
-        "is_expired": False,
-        "has_payment_method": True,
-        "resource_type": "team" if world.team else "user",
-    }

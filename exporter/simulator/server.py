@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from exporter.simulator import queries, views
+from exporter.simulator import queries, summary, views
 from exporter.simulator.faults import Faults
 from exporter.simulator.world import World
 
@@ -267,10 +267,11 @@ class SimulatedApi:
             body = {"data": data, "next_cursor": cursor, "has_more": cursor is not None}
             return _json(faults.object(body))
         if template == SUMMARY:
-            return _json(faults.object(queries.summary(world, now, params)))
+            totals = summary.summary(world, now, params, *faults.summary_view(now))
+            return _json(faults.object(faults.summary_shape(totals)))
         if template == USER:
             return _json(self.user)
-        return _json(faults.object(queries.credit_balance(world, now)))
+        return _json(faults.object(summary.credit_balance(world, now, *faults.summary_view(now))))
 
     def _envelope(self, rows: list[str], paging: dict[str, Any], finals: list[str]) -> bytes:
         """A usage page; ``finals``: the status each row's run ends with."""

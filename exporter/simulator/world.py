@@ -6,6 +6,7 @@ import heapq
 import math
 import random
 import threading
+import zlib
 from bisect import bisect, insort
 from collections import Counter
 from datetime import datetime
@@ -13,7 +14,15 @@ from typing import Any
 
 from exporter.simulator import views
 from exporter.simulator.clock import Clock
-from exporter.simulator.figures import Plan, Scalars, Usage, draw_plan, draw_scalars, usage_at
+from exporter.simulator.figures import (
+    Plan,
+    Scalars,
+    Usage,
+    credits_at,
+    draw_plan,
+    draw_scalars,
+    usage_at,
+)
 from exporter.simulator.model import Stream, Task, new_uuid, to_ms
 from exporter.simulator.views import StreamTruth
 from exporter.simulator.vocabulary import (
@@ -47,6 +56,11 @@ class World:
 
     Everything is drawn from ``random.Random(seed)`` in time order, so the same seed and the
     same clock readings give the same world however often it is looked at.
+
+    ``hidden_share`` N > 0: one stream in N (a stable choice by stream ID) among those that
+    start after the world was created is in no usage list (/usage/streams, /usage/tasks and
+    its per-task sums, /usage/tasks/{id}) yet counts in /usage/summary, and its task's
+    details still show it; ``hidden_streams()`` says which. History is never hidden.
     """
 
     def __init__(
@@ -58,17 +72,21 @@ class World:
         live_rows: bool = False,
         stream_created_at: str = "stream",
         team: bool = False,
+        hidden_share: int = 0,
     ) -> None:
         if stream_created_at not in ("stream", "task"):
             raise ValueError("stream_created_at must be 'stream' or 'task'")
         if tasks_per_day <= 0:
             raise ValueError("tasks_per_day must be positive")
+        if hidden_share < 0:
+            raise ValueError("hidden_share must be 0 (off) or a positive N (1 stream in N)")
         self.seed = seed
         self.clock = clock
         self.live_rows = live_rows
         self.created_mode = stream_created_at
         self.team = team
         self.tasks_per_day = tasks_per_day
+        self.hidden_share = hidden_share
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
         self._mean_gap = DAY_MS / tasks_per_day
@@ -80,11 +98,13 @@ class World:
         self.stream_by_id: dict[str, Stream] = {}
         self.stream_index: list[Key] = []  # listed streams, ascending
         self.task_index: list[Key] = []  # listed tasks, ascending
+        self.hidden_index: list[Key] = []  # streams in no list but in the summary, ascending
         self.open_tasks: set[int] = set()  # tasks that may be pending or active
         self._events: list[tuple[int, int, int, int]] = []  # (ms, kind, sequence, ref)
         self._seq = 0
         self._new_streams: list[Key] = []
         self._new_tasks: list[Key] = []
+        self._new_hidden: list[Key] = []
         self._plans: dict[int, Plan] = {}
         self._scalars: dict[int, Scalars] = {}
         self.memo: dict[object, Any] = {}  # answers valid for one moment (memo_at)
@@ -133,8 +153,12 @@ class World:
                 self._handle(at, kind, ref)
         self.synced = target
         self.open_tasks = {no for no in self.open_tasks if target < self.tasks[no].streams[-1].end}
+        self._merge_new()
+
+    def _merge_new(self) -> None:
         _merge(self.stream_index, self._new_streams)
         _merge(self.task_index, self._new_tasks)
+        _merge(self.hidden_index, self._new_hidden)
 
     def _arrival_gap(self, at: int) -> int:
         # Poisson arrivals with a gentle daily rhythm (busier in the afternoon UTC).
@@ -157,8 +181,11 @@ class World:
                 self._add_stream(task, at + self._rng.randint(1_000, 20_000))
         elif (kind == START and self.live_rows) or (kind == VISIBLE and not self.live_rows):
             stream = self.streams[ref]
-            stream.listed = True
             created = stream.created_at(self.created_mode)
+            if self.hidden_share and self.is_hidden(stream):
+                self._new_hidden.append((created, stream.stream_id, stream.no))
+                return
+            stream.listed = True
             self._new_streams.append((created, stream.stream_id, stream.no))
             task = stream.task
             if not task.listed:
@@ -236,8 +263,7 @@ class World:
             self.open_tasks.add(task.no)
             if at <= now:
                 self._handle(at, CONTINUE, task.no)
-                _merge(self.stream_index, self._new_streams)
-                _merge(self.task_index, self._new_tasks)
+                self._merge_new()
             else:
                 self._at(at, CONTINUE, task.no)
             return views.iso_at(at)
@@ -269,6 +295,21 @@ class World:
         settled = bool(stream.settle) and now >= stream.settle
         return usage_at(self.plan(stream), stream.start, stream.end, now, settled)
 
+    def credits_at(self, stream: Stream, now: int) -> int:
+        """A stream's micro-credits at ``now`` (as ``usage(stream, now).credits``), cheaply."""
+        settled = bool(stream.settle) and now >= stream.settle
+        return credits_at(self.scalars(stream), stream.start, stream.end, now, settled)
+
+    def listed_from(self, stream: Stream) -> int:
+        """When the stream's row appears (or, hidden, when the summary starts counting it)."""
+        return stream.start if self.live_rows else stream.visible
+
+    def is_hidden(self, stream: Stream) -> bool:
+        """Whether ``hidden_share`` keeps this stream out of every usage list."""
+        if not self.hidden_share or stream.start <= self.start_ms:
+            return False
+        return zlib.crc32(stream.stream_id.encode()) % self.hidden_share == 0
+
     # -- ground truth ------------------------------------------------------------------------
 
     def task_ids(self) -> list[str]:
@@ -281,6 +322,13 @@ class World:
         with self._lock:
             now = self.sync()
             return [views.truth(self, self.streams[no], now) for _, _, no in self.stream_index]
+
+    def hidden_streams(self) -> list[StreamTruth]:
+        """Every stream the summary counts that no usage list shows (``hidden_share``), as
+        it is now: what an exporter reading the lists must miss."""
+        with self._lock:
+            now = self.sync()
+            return [views.truth(self, self.streams[no], now) for _, _, no in self.hidden_index]
 
     def truth_totals(self, started_since: datetime | None = None) -> dict[str, Any]:
         return views.totals(self.visible_streams(), started_since)
