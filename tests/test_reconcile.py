@@ -3,6 +3,7 @@ by table; the exporter against the simulated API's summary is in test_api_behavi
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from exporter.reconcile import (
     record,
 )
 from tests.rig import DAY, Rig, assert_exact, make_rig, run_polls, value
-from tests.truth import Truth
+from tests.truth import Truth, units
 
 C = NANO  # one credit, in nano-credits
 
@@ -186,4 +187,79 @@ def test_a_sweep_finds_teammates_continuations_of_old_tasks(tmp_path: Path) -> N
         assert 0 <= gaps[-1] < max(gaps) / 20
         assert value(poller.metrics, "neo_exporter_sweep_runs_found_total") >= len(old)
         assert value(poller.metrics, "neo_exporter_sweep_requests_total") > 0
+        assert_exact(rig, truth)
+
+
+def test_runs_in_no_listing_are_the_gap_exactly(tmp_path: Path) -> None:
+    """Runs that no usage list shows but the summary counts: once they have ended, the
+    gap is what they spent since the reference, in all and by model, to the nano-credit;
+    the counters leave them out and are exact."""
+    for rig in make_rig(tmp_path, live_rows=True, hidden_share=7):
+        rig.audit = True
+        truth = Truth(rig.world)
+        rig.open()
+        run_polls(rig, truth, 1, 0)
+        run_polls(rig, truth, 1, 300)  # the reference: the second reconciliation
+        at_reference = {s.stream_id: units(s, "credits") for s in rig.world.hidden_streams()}
+        run_polls(rig, truth, 8, 300)
+        run_polls(rig, truth, 1, 7200)  # the runs in progress end
+        run_polls(rig, truth, 2, 300)
+        settled = rig.world.hidden_streams()  # the gap is that of the sample before the last
+        run_polls(rig, truth, 1, 300)
+        expected: dict[str, int] = {}
+        for stream in settled:
+            spent = units(stream, "credits") - at_reference.get(stream.stream_id, 0)
+            expected[stream.model] = expected.get(stream.model, 0) + spent
+        expected[TOTAL] = sum(expected.values())
+        assert expected[TOTAL] > 100 * ROUNDING, "some runs should be hidden"
+        gap = gap_of(rig)
+        assert gap is not None
+        assert {m: g for m, g in gap.items() if g} == {m: e for m, e in expected.items() if e}
+        assert_exact(rig, truth)
+
+
+SUMMARY = "/api/v1/usage/summary"
+
+
+@pytest.mark.parametrize(
+    ("knobs", "by_model"),
+    [
+        ({"summary_lag": 300.0}, True),  # a poll behind the lists
+        ({"summary_by_model": "flat"}, True),
+        ({"summary_by_model": "omitted"}, False),  # the total alone
+        ({"summary_reset_at": "reset"}, True),  # a credit reset half way
+    ],
+)
+def test_exact_counters_reconcile_whatever_the_summary_does(
+    tmp_path: Path, knobs: dict[str, object], by_model: bool
+) -> None:
+    for rig in make_rig(tmp_path, live_rows=True, tasks_per_day=600):
+        rig.audit = True
+        for name, setting in knobs.items():
+            moment = rig.clock.now() + timedelta(seconds=2700)
+            setattr(rig.api.faults, name, moment if setting == "reset" else setting)
+        truth = Truth(rig.world)
+        rig.open()
+        gaps = []
+        for step in range(14):
+            run_polls(rig, truth, 1, 300 if step else 0)
+            gaps.append(gap_of(rig))
+        settled = [gap for gap in gaps if gap is not None]
+        assert len(settled) >= 10
+        for gap in settled:
+            assert all(abs(value) <= ROUNDING for value in gap.values()), gap
+        assert (len(settled[-1]) > 1) == by_model
+
+
+def test_no_summary_no_gap_and_polls_go_on(tmp_path: Path) -> None:
+    """A summary that answers 403 (a team member's key): no gap is served, the polls
+    succeed and count."""
+    for rig in make_rig(tmp_path, live_rows=True, tasks_per_day=600):
+        rig.audit = True
+        rig.api.faults.down[SUMMARY] = 403
+        truth = Truth(rig.world)
+        poller = rig.open()
+        run_polls(rig, truth, 4, 300)
+        assert gap_of(rig) is None
+        assert value(poller.metrics, "neo_exporter_errors_total", reason="forbidden") > 0
         assert_exact(rig, truth)
