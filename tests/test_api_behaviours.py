@@ -292,3 +292,23 @@ def test_continued_old_tasks_count_by_the_next_full_listing(tmp_path: Path) -> N
         assert_exact(rig, truth)
         run_polls(rig, truth, 2, 300)
         assert_exact(rig, truth)
+
+
+@pytest.mark.parametrize(("dated", "filtered"), [("stream", "task"), ("task", "stream")])
+def test_exact_whatever_date_rows_carry_and_from_filters_on(
+    tmp_path: Path, dated: str, filtered: str
+) -> None:
+    """Rows dated by their run while `from` filters on their task's creation (a
+    continuation of an old task is in no listing of the window, its row's date recent),
+    or the other way round (its row in the window's listings, dated long before): the
+    caller's own continued old tasks count exactly by the next full listing."""
+    world = {"stream_created_at": dated, "stream_filtered_by": filtered}
+    for rig in make_rig(tmp_path, tasks_per_day=800, **world):
+        truth = Truth(rig.world)
+        rig.open()
+        poll(rig, truth)
+        old = sorted({s.task_id for s in rig.world.visible_streams()})[:100]
+        for task_id in old:
+            rig.world.continue_task(task_id)
+        run_polls(rig, truth, 12, 300)  # the full listing at an hour
+        assert_exact(rig, truth)

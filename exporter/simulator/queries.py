@@ -125,10 +125,10 @@ def stream_page(world: World, now: int, params: Params) -> Page:
         lo, hi = _time(params, "from"), _time(params, "to")
         pool = [
             s for s in pool
-            if (lo is None or s.created_at(world.created_mode) >= lo)
-            and (hi is None or s.created_at(world.created_mode) < hi)
+            if (lo is None or s.created_at(world.filter_mode) >= lo)
+            and (hi is None or s.created_at(world.filter_mode) < hi)
         ]  # fmt: skip
-        pool.sort(key=lambda s: (s.created_at(world.created_mode), s.stream_id), reverse=True)
+        pool.sort(key=lambda s: (s.created_at(world.filter_mode), s.stream_id), reverse=True)
     else:
         pool = [world.streams[no] for _, _, no in reversed(keys)]
     matches = [

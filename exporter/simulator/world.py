@@ -61,6 +61,10 @@ class World:
     start after the world was created is in no usage list (/usage/streams, /usage/tasks and
     its per-task sums, /usage/tasks/{id}) yet counts in /usage/summary, and its task's
     details still show it; ``hidden_streams()`` says which. History is never hidden.
+
+    ``stream_created_at``: the date a stream's usage row carries, its own start
+    ("stream") or its task's creation ("task"); ``stream_filtered_by``: the date `from`
+    and `to` filter the stream listings on, and order them by (the row's, unless told).
     """
 
     def __init__(
@@ -71,11 +75,14 @@ class World:
         history: float = 3 * 86400,
         live_rows: bool = False,
         stream_created_at: str = "stream",
+        stream_filtered_by: str | None = None,
         team: bool = False,
         hidden_share: int = 0,
     ) -> None:
         if stream_created_at not in ("stream", "task"):
             raise ValueError("stream_created_at must be 'stream' or 'task'")
+        if stream_filtered_by not in (None, "stream", "task"):
+            raise ValueError("stream_filtered_by must be 'stream' or 'task'")
         if tasks_per_day <= 0:
             raise ValueError("tasks_per_day must be positive")
         if hidden_share < 0:
@@ -84,6 +91,9 @@ class World:
         self.clock = clock
         self.live_rows = live_rows
         self.created_mode = stream_created_at
+        # What `from`/`to` filter and order the stream listings by: the same date as the
+        # rows carry unless told otherwise (the reference leaves both open).
+        self.filter_mode = stream_filtered_by or stream_created_at
         self.team = team
         self.tasks_per_day = tasks_per_day
         self.hidden_share = hidden_share
@@ -181,7 +191,7 @@ class World:
                 self._add_stream(task, at + self._rng.randint(1_000, 20_000))
         elif (kind == START and self.live_rows) or (kind == VISIBLE and not self.live_rows):
             stream = self.streams[ref]
-            created = stream.created_at(self.created_mode)
+            created = stream.created_at(self.filter_mode)
             if self.hidden_share and self.is_hidden(stream):
                 self._new_hidden.append((created, stream.stream_id, stream.no))
                 return
