@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.reconcile import AUDIT_KEY, TOTAL, Audit
 from exporter.simulator import StreamTruth
 from tests.rig import DAY, Rig, assert_exact, make_rig, poll, run_polls, value
 from tests.truth import Truth, compare, counted, units
@@ -248,6 +249,7 @@ def test_exact_under_every_behaviour_at_once(tmp_path: Path) -> None:
     are observed only once they have ended (teammates' private tasks cannot say when
     their runs end: their rows are taken at their word, README)."""
     for rig in make_rig(tmp_path, live_rows=True, team=True):
+        rig.audit = True
         faults = rig.api.faults
         faults.page_cap, faults.has_more, faults.total = 50, "requested", "omitted"
         faults.hostile_values = faults.spoil_running = faults.tool_index_zero = True
@@ -261,6 +263,8 @@ def test_exact_under_every_behaviour_at_once(tmp_path: Path) -> None:
             diff.pop("runs", None)
             assert set(diff) <= {"credits", "tool_call_observations", "tool_call_ms"}, diff
             assert all(got < expected for expected, got in diff.values()), diff
+            if step == 1:  # the self-audit's reference: what could not be read then
+                unread = diff.get("credits", (0, 0))
             mine = {t.task_id for t in rig.world.tasks if rig.world.owns(t)}
             observed.update(newly_observed(rig, observed, lambda s, m=mine: s.task_id in m))
         assert len(observed) > 100
@@ -271,6 +275,13 @@ def test_exact_under_every_behaviour_at_once(tmp_path: Path) -> None:
             diff = compare(truth.expected(rig.baseline), counted(rig.ledger))  # type: ignore[arg-type]
             diff.pop("runs", None)
             assert diff == {}
+        # The self-audit: the counters grew by what they could not read at its reference
+        # besides what the API's total grew by (README, Self-audit); to the nano-credit.
+        assert rig.ledger is not None
+        gap = Audit.read(rig.ledger.meta.get(AUDIT_KEY)).gap
+        assert gap is not None
+        assert unread[0] > unread[1], "some credits should have been unreadable then"
+        assert gap[TOTAL] == unread[1] - unread[0]
 
 
 def test_continued_old_tasks_count_by_the_next_full_listing(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ by table; the exporter against the simulated API's summary is in test_api_behavi
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from exporter.catalogue import NANO
+from exporter.poll.sweep import SWEEP_KEY, SweepState
 from exporter.reconcile import (
     AUDIT_KEY,
     ROUNDING,
@@ -21,7 +23,7 @@ from exporter.reconcile import (
     record,
 )
 from tests.rig import DAY, Rig, assert_exact, make_rig, run_polls, value
-from tests.truth import Truth, units
+from tests.truth import Truth, compare, counted, units
 
 C = NANO  # one credit, in nano-credits
 
@@ -263,3 +265,46 @@ def test_no_summary_no_gap_and_polls_go_on(tmp_path: Path) -> None:
         assert gap_of(rig) is None
         assert value(poller.metrics, "neo_exporter_errors_total", reason="forbidden") > 0
         assert_exact(rig, truth)
+
+
+def test_a_restart_in_the_middle_of_a_sweep_goes_on_where_it_was(tmp_path: Path) -> None:
+    """A sweep spread over many polls (5 pages a poll), the exporter restarted in the
+    middle of it: the sweep goes on from the day the last committed poll reached, nothing
+    is counted twice, and the gap it was made for closes."""
+    for rig in make_rig(tmp_path, stream_created_at="task", team=True, live_rows=True):
+        rig.audit = True
+        rig.timing = replace(rig.timing, sweep_pages=5)
+        truth = Truth(rig.world)
+        rig.open()
+        run_polls(rig, truth, 3, 300)
+        old = [
+            t.task_id for t in rig.world.tasks
+            if not rig.world.owns(t) and t.created / 1000 < rig.baseline - DAY
+        ][:40]  # fmt: skip
+        for task_id in old:
+            rig.world.continue_task(task_id)
+        gaps, restarted, found = [], None, 0
+        for _ in range(24):
+            run_polls(rig, truth, 1, 300)
+            assert rig.ledger is not None
+            state = SweepState.read(rig.ledger.meta.get(SWEEP_KEY))
+            if restarted is None and state.active and state.requests >= 15:
+                restarted = state
+                rig.close()  # between two polls, as a kill -9 leaves it
+                rig.open()
+                reopened = SweepState.read(rig.ledger.meta.get(SWEEP_KEY))  # type: ignore[union-attr]
+                assert reopened == state
+            if restarted is not None and not state.active and not found:
+                found = state.found  # the sweep's, over both runs of the exporter
+            gap = gap_of(rig)
+            gaps.append(0 if gap is None else gap[TOTAL])
+        assert restarted is not None, "the sweep should have been under way"
+        assert found >= len(old)
+        assert max(gaps) > 100 * ROUNDING
+        assert gaps[-1] < max(gaps) / 10
+        # Every run seen is exact: nothing counted twice, nothing found lost. (A run
+        # started after the sweep went past its task's day waits for the next sweep.)
+        assert rig.ledger is not None
+        seen = {str(row[0]) for row in rig.ledger.query("SELECT stream_id FROM runs")}
+        expected = truth.expected(rig.baseline, only=lambda s, ids=seen: s.stream_id in ids)
+        assert compare(expected, counted(rig.ledger)) == {}
