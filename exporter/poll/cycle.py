@@ -21,7 +21,6 @@ from exporter.accounting import (
     hold_in_doubt,
     is_task_run,
 )
-from exporter.catalogue import NANO
 from exporter.client import Listing
 from exporter.errors import ApiError, ApiStatusError, NotFound
 from exporter.ledger import Ledger, PollChanges, TaskRecord
@@ -57,16 +56,9 @@ from exporter.poll.policy import (
     tasks_to_read,
 )
 from exporter.poll.report import PollReport
-from exporter.poll.sweep import (
-    SWEEP_KEY,
-    SweepState,
-    after_slice,
-    left_after,
-    next_slice,
-    sweep_due,
-)
+from exporter.poll.sweep import Sweep
 from exporter.poll.timing import Timing
-from exporter.reconcile import AUDIT_KEY, TOTAL, Audit
+from exporter.reconcile import AUDIT_KEY, Audit
 from exporter.snapshots import PinnedFigures
 
 log = structlog.get_logger(__name__)
@@ -126,7 +118,6 @@ class PollCycle:
         self.contradicted: list[str] = []
         self.told: set[str] = set()
         self.refused: set[str] = set()  # tasks whose details never answer (403, 404)
-        self.swept: set[str] = set()  # runs new to the ledger that a sweep found
 
     def run(self) -> PollChanges:
         """The poll's data path; returns what to commit."""
@@ -135,7 +126,10 @@ class PollCycle:
         self.take(self.fetch.window(window.since))
         meta = marks_written(self.stamp, window, self.marks)
         meta.update(self.read_pinned())
-        swept = self.sweep(window)
+        sweep = Sweep(self.fetch, self.ledger, self.timing, self.stamp)
+        if not self.fetch.per_task:  # per-task rows have no day to list by
+            for listing in sweep.listings(window.since, self.rows.keys()):
+                self.take(listing)
         trusted = self.trusted
         listed = self.follow_live_tasks()
         meta.update(self.read_continued(window))
@@ -143,7 +137,7 @@ class PollCycle:
         awaited, done = self.read_awaited()
         self.ask_old_starts()  # and those of the rows just read by ID, no task twice
         fold = self.fold(listed)
-        meta.update(self.sweep_progress(*swept, fold.runs))
+        meta.update(sweep.progress(fold.runs))
         meta.update(self.ended_before_reference(fold))
         ended = {t: ended_streams(info, self.baseline) for t, info in self.details.items()}
         awaited, done = await_doubtful(
@@ -192,57 +186,6 @@ class PollCycle:
                 changed.append(task_id)
         self.take_task_runs(changed, gone_if_missing=False)
         return meta
-
-    def sweep(self, window: Window) -> tuple[SweepState, SweepState]:
-        """While the counters and the API's totals disagree (a settled gap that lasts),
-        list further back than the window, a day at a time within the sweep's budgets
-        (``exporter.poll.sweep``); what it finds is counted like any other row, and
-        noted (``swept``). A page that fails ends the sweep's work for this poll, not
-        the poll. Returns its state before and after."""
-        before = SweepState.read(self.ledger.meta.get(SWEEP_KEY))
-        if self.fetch.per_task:
-            return before, before
-        gap = Audit.read(self.ledger.meta.get(AUDIT_KEY)).gap
-        total = None if gap is None else gap.get(TOTAL)
-        state = sweep_due(before, total, self.stamp, window.since, self.timing)
-        if state.active and not before.active:
-            log.warning(
-                "sweep_started", gap_credits=(total or 0) / NANO, back_to=state.since,
-                reason="the API's totals hold spend the counters do not: listing further "
-                "back than the window",
-            )  # fmt: skip
-        pages = 0
-        while (day := next_slice(state, pages, self.timing)) is not None:
-            try:
-                listing = self.fetch.days(*day)
-            except ApiError as exc:
-                self.metrics.errors.labels(exc.reason).inc()
-                log.warning("sweep_page_failed", reason=exc.reason, error=str(exc))
-                break
-            keys = {row.stream_id for row in listing.rows} - self.rows.keys()
-            found = keys - self.ledger.load_runs(keys).keys()
-            self.swept |= found
-            self.take(listing)
-            pages += listing.pages
-            self.metrics.sweep_requests.inc(listing.pages)
-            self.metrics.sweep_runs_found.inc(len(found))
-            state = after_slice(state, day, listing.pages, len(found), self.timing)
-        return before, state
-
-    def sweep_progress(
-        self, before: SweepState, state: SweepState, runs: Sequence[RunState]
-    ) -> dict[str, str]:
-        """The sweep's progress as meta, with what the runs it found held once folded.
-        A sweep that ended is not made again for the gap it leaves (``left_after``)."""
-        held = sum(r.credits for r in runs if r.stream_id in self.swept and not r.baselined)
-        state = dataclasses.replace(state, found_credits=state.found_credits + held)
-        if before.active and not state.active:
-            state = dataclasses.replace(state, swept_gap=left_after(state))
-            log.warning(
-                "sweep_finished", runs_found=state.found, requests=state.requests,
-                found_credits=state.found_credits / NANO,
-            )  # fmt: skip
-        return {SWEEP_KEY: state.dump()} if state != before else {}
 
     def ended_before_reference(self, fold: Fold) -> dict[str, str]:
         """Runs new to the ledger, counted in full, that ended (by their own figures)

@@ -13,10 +13,21 @@ the ledger with each poll, so a restart goes on where the last committed poll le
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 
+import structlog
+
+from exporter.accounting import Observation, RunState
+from exporter.catalogue import NANO
+from exporter.client import Listing
+from exporter.errors import ApiError
+from exporter.ledger import Ledger
+from exporter.poll.fetch import Fetcher
 from exporter.poll.timing import DAY, Timing
-from exporter.reconcile import ROUNDING
+from exporter.reconcile import AUDIT_KEY, ROUNDING, TOTAL, Audit
+
+log = structlog.get_logger(__name__)
 
 SWEEP_KEY = "sweep"  # ledger meta key of the stored ``SweepState``
 THRESHOLD = 10 * ROUNDING  # a gap above a hundredth of a credit is worth a sweep
@@ -105,3 +116,61 @@ def left_after(state: SweepState) -> int:
     the runs it found held when counted (never below nothing: a run found may have
     spent some of that before the comparison began). It is not swept for again."""
     return max(0, state.gap - state.found_credits)
+
+
+class Sweep:
+    """One poll's part of a sweep: the days it lists, and the runs new to the ledger it
+    finds (``found``); its state before the poll (``before``) and after (``state``)."""
+
+    def __init__(self, fetch: Fetcher, ledger: Ledger, timing: Timing, stamp: float) -> None:
+        self.fetch, self.ledger, self.timing, self.stamp = fetch, ledger, timing, stamp
+        self.before = SweepState.read(ledger.meta.get(SWEEP_KEY))
+        self.state = self.before
+        self.found: set[str] = set()
+
+    def listings(
+        self, window_since: float, seen: Collection[str]
+    ) -> Iterator[Listing[Observation]]:
+        """While the counters and the API's totals disagree (a settled gap that lasts),
+        the days further back than the window, each listing as it is read, within the
+        sweep's budgets; ``seen``: the runs the poll holds rows of already. A page that
+        fails ends the sweep's work for this poll, not the poll."""
+        gap = Audit.read(self.ledger.meta.get(AUDIT_KEY)).gap
+        total = None if gap is None else gap.get(TOTAL)
+        state = sweep_due(self.before, total, self.stamp, window_since, self.timing)
+        if state.active and not self.before.active:
+            log.warning(
+                "sweep_started", gap_credits=(total or 0) / NANO, back_to=state.since,
+                reason="the API's totals hold spend the counters do not: listing further "
+                "back than the window",
+            )  # fmt: skip
+        self.state, pages, metrics = state, 0, self.fetch.metrics
+        while (day := next_slice(self.state, pages, self.timing)) is not None:
+            try:
+                listing = self.fetch.days(*day)
+            except ApiError as exc:
+                metrics.errors.labels(exc.reason).inc()
+                log.warning("sweep_page_failed", reason=exc.reason, error=str(exc))
+                return
+            keys = {row.stream_id for row in listing.rows} - set(seen)
+            found = keys - self.ledger.load_runs(keys).keys()
+            self.found |= found
+            pages += listing.pages
+            metrics.sweep_requests.inc(listing.pages)
+            metrics.sweep_runs_found.inc(len(found))
+            self.state = after_slice(self.state, day, listing.pages, len(found), self.timing)
+            yield listing
+
+    def progress(self, runs: Sequence[RunState]) -> dict[str, str]:
+        """The sweep's progress as meta, with what the runs it found held once folded
+        (``runs``: the poll's). A sweep that ended is not made again for the gap it
+        leaves (``left_after``)."""
+        held = sum(r.credits for r in runs if r.stream_id in self.found and not r.baselined)
+        state = replace(self.state, found_credits=self.state.found_credits + held)
+        if self.before.active and not state.active:
+            state = replace(state, swept_gap=left_after(state))
+            log.warning(
+                "sweep_finished", runs_found=state.found, requests=state.requests,
+                found_credits=state.found_credits / NANO,
+            )  # fmt: skip
+        return {SWEEP_KEY: state.dump()} if state != self.before else {}
