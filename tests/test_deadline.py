@@ -12,6 +12,9 @@ from structlog.typing import EventDict
 
 from exporter.client import CREDITS, MAX_BODY_DEFAULT, STREAMS, NeoClient, RetryPolicy
 from exporter.errors import ApiInterrupted, ApiPayloadTooLarge, ApiTimeout
+from exporter.poll.fetch import Fetcher
+from exporter.poll.report import PollReport
+from exporter.selfmetrics import SelfMetrics
 from tests.badapi import BadApi
 
 HANG_GUARD = 20.0  # seconds a call may take before the test calls it hung
@@ -103,3 +106,23 @@ def test_stop_ends_a_retry_wait() -> None:
         worker.join()
     assert isinstance(result[0], ApiInterrupted)
     assert api.requests == 1
+
+
+def test_a_read_the_exporter_stop_cut_short_is_no_api_error() -> None:
+    """An optional read of a poll that the exporter's own stop cut short is not counted
+    in neo_exporter_errors_total, nor warned about; a real failure is."""
+    metrics = SelfMetrics(process=False)
+    with NeoClient("http://neo.invalid", ("api_key", "k" * 20)) as client:
+        fetch = Fetcher(client, metrics, {})
+        report = PollReport()
+        fetch.failed("t1", ApiInterrupted("/api/v1/tasks/{id}: stopped"), report)
+        assert report.warnings == []
+        assert (
+            metrics.registry.get_sample_value(
+                "neo_exporter_errors_total", {"reason": "interrupted"}
+            )
+            is None
+        )
+        fetch.failed("t2", ApiTimeout("/api/v1/tasks/{id}: no answer"), report)
+        assert len(report.warnings) == 1
+        fetch.close()

@@ -13,7 +13,7 @@ import structlog
 from exporter.accounting import Observation, row_fingerprint, task_run_key
 from exporter.client import Listing, NeoClient
 from exporter.decoding import Defect
-from exporter.errors import ApiError, ApiStatusError, NotFound
+from exporter.errors import ApiError, ApiInterrupted, ApiStatusError, NotFound
 from exporter.models import TaskDetails, TaskInfo, TaskUsage
 from exporter.poll.report import PollReport
 from exporter.selfmetrics import SelfMetrics
@@ -152,7 +152,11 @@ class Fetcher:
             return [], exc
 
     def failed(self, task_id: str, exc: ApiError, report: PollReport) -> None:
-        """Count and log a failed read of one task."""
+        """Count and log a failed read of one task; one the exporter's own stop cut
+        short is no failure of the API: logged at debug level only."""
+        if isinstance(exc, ApiInterrupted):
+            log.debug("task_fetch_interrupted", task_id=task_id)
+            return
         self.metrics.errors.labels(exc.reason).inc()
         report.warnings.append(f"{task_id}: {exc}")
         event = "task_not_found" if isinstance(exc, NotFound) else "task_fetch_failed"
