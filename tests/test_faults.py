@@ -513,3 +513,26 @@ def test_runs_whose_rows_no_listing_shows_are_followed_while_they_settle(
         assert len(seen & new_runs(rig, old).keys()) > 50
         expected = truth.expected(rig.baseline, only=lambda s, ids=seen: s.stream_id in ids)
         assert compare(expected, counted(rig.ledger)) == {}
+
+
+def test_a_run_in_doubt_confirmed_new_ends_only_when_its_details_say_so(
+    tmp_path: Path,
+) -> None:
+    """Rows that call runs in progress finished, and runs first seen in doubt (details
+    down): once details answer and the runs count in full, none is observed as ended
+    before it has (being awaited for its doubt is not its details calling it finished)."""
+    for rig in make_rig(tmp_path, stream_created_at="task", live_rows=True):
+        rig.api.faults.running_status = "completed"
+        truth = Truth(rig.world)
+        seen = first_seen_running(rig, truth, 30, details=503)
+        rig.api.faults.down.pop(DETAILS)
+        for _ in range(6):
+            polls(rig, seen.poller, truth, 1)
+            world = {s.stream_id: s for s in rig.world.visible_streams()}
+            assert rig.ledger is not None
+            early = [
+                s for s, state in rig.ledger.load_runs(seen.new).items()
+                if state.finished and not state.baselined and world[s].finished_at is None
+            ]  # fmt: skip
+            assert early == []
+        assert rig.ledger.meta.get("row_status") == "untrusted"

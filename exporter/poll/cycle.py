@@ -332,14 +332,13 @@ class PollCycle:
         wanted = {stream for held in awaited.values() for stream in held.runs}
         # A run taken for history in doubt is not done until its task tells its start:
         # its task is read by ID meanwhile, so that its row is at hand when it does.
-        done = {
-            s
-            for s, state in self.ledger.load_runs(wanted).items()
-            if state.finished and state.unconfirmed is None
-        }
+        held = self.ledger.load_runs(wanted)
+        done = {s for s, state in held.items() if state.finished and state.unconfirmed is None}
         # Runs whose end details told in an earlier poll: their rows of this poll were
-        # read a poll interval or more after the end (a row may lag its run's end).
-        self.told = {s for _, record in flagged for s in record.awaiting}
+        # read a poll interval or more after the end (a row may lag its run's end). Not
+        # the runs awaited because they are in doubt: no detail has told their end.
+        doubted = {s for s, state in held.items() if state.unconfirmed is not None}
+        self.told = {s for _, record in flagged for s in record.awaiting} - doubted
         if self.trusted:  # else a run ends by such a row only
             done |= {s for s in wanted & self.rows.keys() if self.rows[s].terminal}
         following = [task_id for task_id, r in flagged if r.follow_until > self.stamp]
