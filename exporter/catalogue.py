@@ -305,14 +305,15 @@ SELF: tuple[MetricSpec, ...] = (
     MetricSpec(
         "neo_exporter_sweep_requests_total",
         "counter",
-        "Usage pages requested by sweeps: listings further back than the lookback window "
-        "while the counters and the API's totals disagree.",
+        "Requests made by sweeps (usage pages, and task details for the runs they find): "
+        "listings further back than the lookback window while the counters and the "
+        "API's totals disagree.",
         group="self",
     ),
     MetricSpec(
         "neo_exporter_sweep_runs_found_total",
         "counter",
-        "Runs new to the ledger that sweeps found.",
+        "Runs that sweeps found and that count in full (started after the baseline).",
         group="self",
     ),
     MetricSpec(

@@ -3,7 +3,7 @@ plain values, no API, no ledger."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -27,6 +27,7 @@ from exporter.poll.policy import (
     per_task_awaited,
     record_from_info,
     record_from_row,
+    row_dating,
     rows_contradicted,
     run_ends,
     scan_since,
@@ -370,3 +371,22 @@ def test_scan_since(scanned_at: float | None, since: float | None) -> None:
     marks = Marks(T - DAY, scanned_at=scanned_at)
     assert scan_since(T, marks, window, DEFAULT) == since
     assert scan_since(T, marks, window, Timing(DAY, scan_interval=0)) is None
+
+
+def test_row_dating_as_task_details_show_it() -> None:
+    created = datetime.fromtimestamp(T - DAY, UTC)
+    info = TaskDetails(
+        task=TaskInfo(id="t", created_at=created),
+        streams=[
+            TaskStreamSummary(stream_id="first", status="completed",
+                              created_at=created + timedelta(seconds=5)),
+            TaskStreamSummary(stream_id="later", status="completed",
+                              created_at=datetime.fromtimestamp(T - HOUR, UTC)),
+        ],
+    )  # fmt: skip
+    assert row_dating(info, {"later": T - HOUR}) == "run"
+    assert row_dating(info, {"later": T - DAY}) == "task"
+    # A run started with its task cannot tell; nor can a run without its row at hand.
+    assert row_dating(info, {"first": T - DAY}) is None
+    assert row_dating(info, {}) is None
+    assert row_dating(TaskDetails(task=TaskInfo(id="t")), {"later": T}) is None

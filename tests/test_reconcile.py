@@ -20,6 +20,7 @@ from exporter.reconcile import (
     Sample,
     counted_by_model,
     credits_by_model,
+    noted,
     record,
 )
 from tests.rig import DAY, Rig, assert_exact, make_rig, run_polls, value
@@ -57,11 +58,15 @@ def test_counted_by_model_sums_the_credit_counter_over_its_other_labels() -> Non
     assert counted_by_model(counters, "neo_credits_total") == {"a": 3 * C, "b": C, TOTAL: 4 * C}
 
 
-def samples(api: list[int], counted: list[int]) -> list[Sample]:
-    return [
-        Sample(float(n), {TOTAL: a}, {TOTAL: c})
-        for n, (a, c) in enumerate(zip(api, counted, strict=True))
-    ]
+def samples(api: list[int], counted: list[int], start: float = 0.0) -> list[Sample]:
+    """A reconciliation at every poll: each sample with the counts of the polls around
+    it (the last one's next poll not yet known)."""
+    taken = []
+    for n, (a, c) in enumerate(zip(api, counted, strict=True)):
+        before = {TOTAL: counted[n - 1]} if n else None
+        after = {TOTAL: counted[n + 1]} if n + 1 < len(counted) else None
+        taken.append(Sample(start + n, {TOTAL: a}, {TOTAL: c}, before, after))
+    return taken
 
 
 def take(audit: Audit, taken: list[Sample], reset: str | None = None) -> Audit:
@@ -88,15 +93,18 @@ def test_spend_no_listing_shows_is_the_gap_once_settled() -> None:
     hidden = [0, 0, 0, 0, 3, 3, 7, 7, 7, 7]  # runs in no listing: in the summary only
     api = [(s + h) * C for s, h in zip(SPENT, hidden, strict=True)]
     audit = take(Audit(), samples(api, [s * C for s in SPENT]))
-    assert audit.gap == {TOTAL: 7 * C}  # the last sample but one: settled
+    assert audit.gap == {TOTAL: 7 * C}  # the last sample whose next poll is known
     assert audit.alignment == 0
 
 
-def test_no_gap_before_the_reference_has_its_neighbours() -> None:
-    audit = take(Audit(), samples([C, 2 * C], [C, 2 * C]))
-    assert audit.gap is None
-    assert audit.at == 1.0
-    assert take(audit, samples([0, 0, 3 * C], [0, 0, 3 * C])[2:]).gap == {TOTAL: 0}
+def test_no_gap_before_a_sample_has_its_next_poll() -> None:
+    first = Sample(0.0, {TOTAL: C}, {TOTAL: C}, before={TOTAL: 0})
+    audit = record(Audit(), first, None)
+    assert (audit.gap, audit.reference, audit.at) == (None, None, 0.0)
+    audit = noted(audit, {TOTAL: 2 * C})  # the next poll: the sample is whole
+    assert audit.reference == first._replace(after={TOTAL: 2 * C})
+    assert audit.gap == {TOTAL: 0}
+    assert audit.last == {TOTAL: 2 * C}
 
 
 def test_a_reset_of_the_api_total_carries_the_gap_over() -> None:
@@ -105,11 +113,8 @@ def test_a_reset_of_the_api_total_carries_the_gap_over() -> None:
     assert audit.gap == {TOTAL: 2 * C}
     # The API's total starts again from nothing (a billing period): so does the reference,
     # and what was settled is carried; afterwards both grow alike.
-    after = [
-        Sample(10.0 + n, {TOTAL: a}, {TOTAL: 47 * C + a})
-        for n, a in enumerate([C, 5 * C, 9 * C, 12 * C, 20 * C])
-    ]
-    audit = take(audit, after)
+    counted = [47 * C + a for a in (C, 5 * C, 9 * C, 12 * C, 20 * C)]
+    audit = take(audit, samples([C, 5 * C, 9 * C, 12 * C, 20 * C], counted, start=10.0))
     assert audit.gap == {TOTAL: 2 * C}
     assert audit.carried == {TOTAL: 2 * C}
 
@@ -117,9 +122,8 @@ def test_a_reset_of_the_api_total_carries_the_gap_over() -> None:
 def test_a_moved_credit_reset_starts_a_new_reference() -> None:
     audit = take(Audit(), samples([0, C, 2 * C, 3 * C], [0, C, 2 * C, 3 * C]), reset="r1")
     moved = record(audit, Sample(9.0, {TOTAL: 50 * C}, {TOTAL: 4 * C}), "r2")
-    assert (moved.base, moved.reset_mark, moved.gap) == (
-        (Sample(9.0, {TOTAL: 50 * C}, {TOTAL: 4 * C}),), "r2", {TOTAL: 0},
-    )  # fmt: skip
+    assert (moved.reference, moved.reset_mark, moved.gap) == (None, "r2", {TOTAL: 0})
+    assert moved.recent == (Sample(9.0, {TOTAL: 50 * C}, {TOTAL: 4 * C}, {TOTAL: 3 * C}),)
 
 
 def test_the_gap_by_model() -> None:
@@ -128,7 +132,10 @@ def test_the_gap_by_model() -> None:
 
     taken = [at(0, 0, 0, 0, 0), at(1, C, C, C, C), at(2, 2 * C, 3 * C, 2 * C, 2 * C),
              at(3, 3 * C, 5 * C, 3 * C, 4 * C), at(4, 4 * C, 5 * C, 4 * C, 4 * C)]  # fmt: skip
-    assert take(Audit(), taken).gap == {"a": 0, "b": C, TOTAL: C}
+    audit = Audit()
+    for sample in taken:
+        audit = noted(record(audit, sample, None), sample.counted)  # no spend in between
+    assert audit.gap == {"a": 0, "b": C, TOTAL: C}
 
 
 def test_the_audit_survives_the_ledger() -> None:
@@ -154,7 +161,7 @@ def test_exact_counters_leave_no_gap_with_the_simulated_summary(tmp_path: Path) 
         for step in range(8):
             run_polls(rig, truth, 1, 300 if step else 0)
             gaps.append(gap_of(rig))
-        assert gaps[:2] == [None, None]  # the reference needs its neighbours
+        assert gaps[:2] == [None, None]  # the reference needs the polls around it
         settled = [gap for gap in gaps[2:] if gap is not None]
         assert len(settled) == 6
         assert len(settled[-1]) > 2  # by model, and in all
@@ -169,6 +176,7 @@ def test_a_sweep_finds_teammates_continuations_of_old_tasks(tmp_path: Path) -> N
     in full, once, and the gap closes."""
     for rig in make_rig(tmp_path, stream_created_at="task", team=True, live_rows=True):
         rig.audit = True
+        rig.timing = replace(rig.timing, sweep_requests=3000)  # a day a poll, here
         truth = Truth(rig.world)
         poller = rig.open()
         run_polls(rig, truth, 3, 300)
@@ -268,12 +276,12 @@ def test_no_summary_no_gap_and_polls_go_on(tmp_path: Path) -> None:
 
 
 def test_a_restart_in_the_middle_of_a_sweep_goes_on_where_it_was(tmp_path: Path) -> None:
-    """A sweep spread over many polls (5 pages a poll), the exporter restarted in the
+    """A sweep spread over many polls (hours of history a poll), the exporter restarted in the
     middle of it: the sweep goes on from the day the last committed poll reached, nothing
     is counted twice, and the gap it was made for closes."""
     for rig in make_rig(tmp_path, stream_created_at="task", team=True, live_rows=True):
         rig.audit = True
-        rig.timing = replace(rig.timing, sweep_pages=5)
+        rig.timing = replace(rig.timing, sweep_requests=600)  # hours at a time
         truth = Truth(rig.world)
         rig.open()
         run_polls(rig, truth, 3, 300)
@@ -308,3 +316,24 @@ def test_a_restart_in_the_middle_of_a_sweep_goes_on_where_it_was(tmp_path: Path)
         seen = {str(row[0]) for row in rig.ledger.query("SELECT stream_id FROM runs")}
         expected = truth.expected(rig.baseline, only=lambda s, ids=seen: s.stream_id in ids)
         assert compare(expected, counted(rig.ledger)) == {}
+
+
+@pytest.mark.parametrize("lag", [0.0, 60.0])
+def test_a_summary_a_poll_behind_settles_with_polls_shorter_than_reconciliations(
+    tmp_path: Path, lag: float
+) -> None:
+    """A poll every minute, a reconciliation every five: a summary a poll (a minute)
+    behind the lists is paired with the count of the poll before its own, not of the
+    reconciliation before."""
+    for rig in make_rig(tmp_path, live_rows=True, tasks_per_day=3000):
+        rig.audit = True
+        rig.api.faults.summary_lag = lag
+        truth = Truth(rig.world)
+        rig.open()
+        gaps = []
+        for step in range(20):
+            run_polls(rig, truth, 1, 60 if step else 0)
+            gaps.append(gap_of(rig))
+        settled = [gap[TOTAL] for gap in gaps if gap is not None]
+        assert len(settled) > 12
+        assert all(abs(g) <= ROUNDING for g in settled), settled

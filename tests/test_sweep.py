@@ -54,20 +54,29 @@ def test_a_sweep_in_progress_is_not_started_again() -> None:
 def test_a_sweep_lists_a_day_at_a_time_within_its_budgets() -> None:
     state = SweepState(since=T - 2.5 * DAY, next=T, gap=GAP)
     assert next_slice(state, 0, TIMING) == (T - SLICE, T)
-    assert next_slice(state, TIMING.sweep_pages, TIMING) is None  # this poll's pages spent
+    assert next_slice(state, TIMING.sweep_requests, TIMING) is None  # this poll's pages spent
     assert next_slice(replace(state, requests=TIMING.sweep_budget), 0, TIMING) is None
     assert next_slice(SweepState(), 0, TIMING) is None  # none in progress
-    state = after_slice(state, (T - DAY, T), 3, 2, TIMING)
-    assert (state.next, state.requests, state.found) == (T - DAY, 3, 2)
-    state = after_slice(state, (T - 2 * DAY, T - DAY), 1, 0, TIMING)
+    state = after_slice(state, (T - DAY, T), 3, TIMING)
+    assert (state.next, state.requests) == (T - DAY, 3)
+    state = after_slice(state, (T - 2 * DAY, T - DAY), 1, TIMING)
     assert next_slice(state, 4, TIMING) == (T - 2.5 * DAY, T - 2 * DAY)  # the last, shorter
-    state = after_slice(state, (T - 2.5 * DAY, T - 2 * DAY), 1, 0, TIMING)
+    state = after_slice(state, (T - 2.5 * DAY, T - 2 * DAY), 1, TIMING)
     assert not state.active
+
+
+def test_a_sweep_lists_less_at_a_time_where_a_day_costs_more_than_a_poll_may() -> None:
+    state = SweepState(since=T - 30 * DAY, next=T, gap=GAP)
+    costly = after_slice(state, (T - DAY, T), 4 * TIMING.sweep_requests, TIMING)
+    assert costly.span == DAY / 4
+    assert next_slice(costly, 0, TIMING) == (T - DAY - DAY / 4, T - DAY)
+    assert after_slice(state, (T - DAY, T), 1000 * TIMING.sweep_requests, TIMING).span == 3600
+    assert after_slice(costly, (T - 2 * DAY, T - DAY), 1, TIMING).span == DAY  # cheap again
 
 
 def test_a_sweep_ends_when_its_budget_is_spent() -> None:
     state = SweepState(since=T - 30 * DAY, next=T, requests=TIMING.sweep_budget - 1)
-    assert not after_slice(state, (T - DAY, T), 5, 0, TIMING).active
+    assert not after_slice(state, (T - DAY, T), 5, TIMING).active
 
 
 def test_what_a_sweep_leaves() -> None:

@@ -28,6 +28,7 @@ from exporter.models import TaskDetails, TaskInfo
 from exporter.poll.fetch import Fetcher
 from exporter.poll.policy import (
     LIVE_TASK_STATUSES,
+    ROW_DATING,
     ROW_STATUS,
     UPDATED_SCAN_PAGES,
     Awaited,
@@ -46,6 +47,7 @@ from exporter.poll.policy import (
     per_task_awaited,
     record_from_info,
     record_from_row,
+    row_dating,
     rows_contradicted,
     run_ends,
     scan_since,
@@ -118,6 +120,9 @@ class PollCycle:
         self.contradicted: list[str] = []
         self.told: set[str] = set()
         self.refused: set[str] = set()  # tasks whose details never answer (403, 404)
+        # What date the rows carry, as task details showed it (``policy.row_dating``):
+        # rows known to carry their runs' starts need no details to tell them.
+        self.dating = ledger.meta.get(ROW_DATING)
 
     def run(self) -> PollChanges:
         """The poll's data path; returns what to commit."""
@@ -128,7 +133,7 @@ class PollCycle:
         meta.update(self.read_pinned())
         sweep = Sweep(self.fetch, self.ledger, self.timing, self.stamp)
         if not self.fetch.per_task:  # per-task rows have no day to list by
-            for listing in sweep.listings(window.since, self.rows.keys()):
+            for listing in sweep.listings(window, self.rows.keys(), self.dating == "run"):
                 self.take(listing)
         trusted = self.trusted
         listed = self.follow_live_tasks()
@@ -146,6 +151,8 @@ class PollCycle:
         tasks, runs = self.settle(awaited, done, fold)
         if trusted and not self.trusted:
             meta[ROW_STATUS] = "untrusted"
+        if self.dating is not None and self.dating != self.ledger.meta.get(ROW_DATING):
+            meta[ROW_DATING] = self.dating
         return PollChanges(runs=runs, deltas=fold.deltas, tasks=tasks, meta=meta)
 
     # -- reading ------------------------------------------------------------------------
@@ -275,6 +282,8 @@ class PollCycle:
         doubt. Tasks that did not answer are not asked twice in a poll."""
         # A task's own row (``task:<id>``, counting per task) is dated by its task: one
         # from before the baseline is history, as it says.
+        if self.dating == "run":  # rows carry their runs' starts: taken at their word
+            return
         baseline = self.baseline
         older = {
             key: row.task_id
@@ -299,6 +308,7 @@ class PollCycle:
             if not isinstance(result, ApiError):
                 self.details[task_id] = result
                 self._check_row_status(task_id, rows_contradicted(result, terminal))
+                self._learn_dating(result)
                 continue
             if result.lasting:
                 self.refused.add(task_id)
@@ -307,6 +317,16 @@ class PollCycle:
                 self.gone.add(task_id)
             if why == "start" and not result.lasting:
                 self.unanswered.add(task_id)
+
+    def _learn_dating(self, info: TaskDetails) -> None:
+        if self.dating == "task":
+            return
+        dates = {s.stream_id: self.rows[s.stream_id].started_at for s in info.streams or ()
+                 if s.stream_id in self.rows}  # fmt: skip
+        shown = row_dating(info, dates)
+        if shown is not None and shown != self.dating:
+            self.dating = shown
+            log.info("row_dating_learned", rows_carry=shown)
 
     def _check_row_status(self, task_id: str, contradicted: list[str]) -> None:
         if not contradicted or not self.trusted:
@@ -373,6 +393,7 @@ class PollCycle:
         counted in full from then on (``accounting.count_in_full``).
         """
         report, baseline, unanswered = self.report, self.baseline, self.unanswered
+        dating = self.dating
         rows = self.rows
         starts = {
             stream.stream_id: stream.created_at.timestamp()
@@ -388,7 +409,8 @@ class PollCycle:
             listed_at = obs.started_at  # the row's own date, by which listings find it
             old = states.get(key)
             started = starts.get(key, listed_at)
-            if old is None and started < baseline and key not in starts:
+            # Rows known to carry their runs' starts are taken at their word.
+            if old is None and started < baseline and key not in starts and dating != "run":
                 started = self._started_unlisted(obs, baseline)
             if started != listed_at:
                 obs = dataclasses.replace(obs, started_at=started)  # noqa: PLW2901

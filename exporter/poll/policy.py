@@ -147,6 +147,33 @@ def continued_tasks(tasks: Iterable[TaskInfo], since: float, window: float) -> l
     return sorted(found)
 
 
+# Meta key: what date the usage rows carry, as task details showed it: "run" (its own
+# start) or "task" (its task's creation); absent until shown. "task" is kept for good.
+ROW_DATING = "row_dating"
+_CLEAR = 60.0  # seconds between a run's start and its task's creation that tell them apart
+
+
+def row_dating(info: TaskDetails, row_dates: Mapping[str, float]) -> str | None:
+    """What date rows carry, as these details show it for the runs whose rows are at
+    hand (``row_dates``: row date by run): "task" if a row carries its task's creation
+    where the run started well after it, "run" if rows carry their runs' starts where
+    those are well after the task's creation; None if these runs cannot tell."""
+    created = info.task.created_at.timestamp() if info.task.created_at else None
+    if created is None:
+        return None
+    told = None
+    for stream in info.streams or ():
+        start = stream.created_at.timestamp()
+        dated = row_dates.get(stream.stream_id)
+        if dated is None or start - created < _CLEAR:
+            continue
+        if abs(dated - created) < 1:
+            return "task"
+        if abs(dated - start) < 1:
+            told = "run"
+    return told
+
+
 def running_by_details(info: TaskDetails) -> set[str]:
     """The runs that task details show in progress."""
     return {

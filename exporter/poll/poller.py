@@ -17,6 +17,7 @@ from exporter.catalogue import CREDITS
 from exporter.client import NeoClient
 from exporter.errors import ApiInterrupted, ExporterError
 from exporter.ledger import Ledger
+from exporter.models import UsageSummary
 from exporter.poll.cycle import PollCycle
 from exporter.poll.fetch import Fetcher
 from exporter.poll.report import PollReport
@@ -157,8 +158,11 @@ class Poller:
             finally:  # what the task list said holds even if the poll fails after it
                 self._task_list_offered = cycle.task_list_offered
             stamp = now.timestamp()
+            summary = None
             if self.account is not None and stamp >= self._account_due:
-                changes.meta.update(self._read_account(now, changes.deltas, changes.meta))
+                account, summary = self._read_account(now)
+                changes.meta.update(account)
+            changes.meta.update(self._audit(stamp, summary, changes.deltas, changes.meta))
             overflow = self.ledger.commit(changes)
             if stamp >= self._evict_due:
                 # Memory follows the window: older runs and tasks stay in the file only.
@@ -169,11 +173,10 @@ class Poller:
             self.on_commit()
             return cycle.report
 
-    def _read_account(self, now: datetime, deltas: Deltas, meta: dict[str, str]) -> dict[str, str]:
+    def _read_account(self, now: datetime) -> tuple[dict[str, str], UsageSummary | None]:
         """The balance moves slowly and its alerts look at hours: it is read every
         ``account_interval``, not on every poll, to keep requests per poll to the usage.
-        The summary read with it is reconciled with what the ledger counted, this poll's
-        ``deltas`` included (``meta``: what the poll writes, its audit included)."""
+        Returns its meta, and the all-time usage summary read with it, if it answered."""
         assert self.account is not None
         self._account_due = now.timestamp() + self.timing.account_interval
         read = self.account.read(now)
@@ -182,8 +185,16 @@ class Poller:
         for exc in read.errors:
             self.metrics.errors.labels(exc.reason).inc()
             log.warning("account_read_failed", reason=exc.reason, error=str(exc))
-        if read.summary is None:
-            return read.meta
+        return read.meta, read.summary
+
+    def _audit(
+        self, stamp: float, summary: UsageSummary | None, deltas: Deltas, meta: dict[str, str]
+    ) -> dict[str, str]:
+        """The poll's part in the self-audit (``exporter.reconcile``): what the ledger
+        counted, this poll's ``deltas`` included, with the summary if one was read.
+        ``meta``: what the poll writes (its audit first, if it has one)."""
+        if self.account is None:
+            return {}
         counted = {
             model: before + after
             for model, before, after in _merged(
@@ -191,9 +202,8 @@ class Poller:
                 counted_by_model(deltas.counters, CREDITS.name),
             )
         }
-        stored = meta.get(AUDIT_KEY, self.ledger.meta.get(AUDIT_KEY))  # this poll's, if any
-        audit = reconcile(stored, read.summary, counted, now.timestamp())
-        return {**read.meta, **audit}
+        stored = meta.get(AUDIT_KEY, self.ledger.meta.get(AUDIT_KEY))
+        return reconcile(stored, summary, counted, stamp)
 
     def _after_commit(self, deltas: Deltas, overflow: dict[str, int]) -> None:
         for name, count in deltas.decreases.items():

@@ -3,10 +3,13 @@ the API's own totals disagree (``exporter.reconcile``), to find what the regular
 listings could not show: a continuation of an old task dated by its task, a settle long
 after its run left the window, a teammate's run longer than the lookback.
 
-A sweep lists ``/usage/streams`` a day at a time, newest first, from the start of the
-window back to ``Timing.sweep_lookback``, at most ``Timing.sweep_pages`` pages a poll and
-``Timing.sweep_budget`` in all. Rows already counted are skipped by their fingerprints;
-what it finds is counted by the same rules as every other row. Its progress is kept in
+A sweep lists ``/usage/streams`` a day at a time (less where a day costs more requests
+than a poll may make, an hour at least), newest first, from the start of the window back
+to ``Timing.sweep_lookback``. Its requests are the pages it lists and the
+task details asked for the runs it finds dated before the baseline (only they tell
+whether such a run started after it): about ``Timing.sweep_requests`` a poll and
+``Timing.sweep_budget`` in all. Rows already counted are skipped by their
+fingerprints; what it finds is counted by the same rules as every other row. Its progress is kept in
 the ledger with each poll, so a restart goes on where the last committed poll left it.
 """
 
@@ -24,6 +27,7 @@ from exporter.client import Listing
 from exporter.errors import ApiError
 from exporter.ledger import Ledger
 from exporter.poll.fetch import Fetcher
+from exporter.poll.policy import Window
 from exporter.poll.timing import DAY, Timing
 from exporter.reconcile import AUDIT_KEY, ROUNDING, TOTAL, Audit
 
@@ -31,7 +35,8 @@ log = structlog.get_logger(__name__)
 
 SWEEP_KEY = "sweep"  # ledger meta key of the stored ``SweepState``
 THRESHOLD = 10 * ROUNDING  # a gap above a hundredth of a credit is worth a sweep
-SLICE = DAY  # listed a day at a time
+SLICE = DAY  # listed a day at a time at most,
+MIN_SLICE = DAY / 24  # an hour at least: shorter where a day would cost too many requests
 
 
 @dataclass(frozen=True)
@@ -40,12 +45,13 @@ class SweepState:
 
     since: float = 0.0  # the oldest start the sweep lists (unix time)
     next: float = 0.0  # the end of the next day to list; 0: no sweep in progress
-    requests: int = 0  # pages requested by the sweep so far
-    found: int = 0  # runs new to the ledger it found so far
+    requests: int = 0  # requests made by the sweep so far (pages and task details)
+    found: int = 0  # runs it found that count in full, so far
     gap_since: float | None = None  # since when the gap has stood above THRESHOLD
     swept_gap: int | None = None  # the gap (nano-credits) the last sweep left
     gap: int = 0  # the gap when the sweep started (nano-credits)
     found_credits: int = 0  # what the runs it found held when counted in full
+    span: float = SLICE  # how much of its history it lists at a time (seconds)
 
     @property
     def active(self) -> bool:
@@ -88,24 +94,27 @@ def sweep_due(
     )  # fmt: skip
 
 
-def next_slice(state: SweepState, pages: int, timing: Timing) -> tuple[float, float] | None:
+def next_slice(state: SweepState, spent: int, timing: Timing) -> tuple[float, float] | None:
     """The day to list next ([since, until)), while the sweep is in progress and this
-    poll (``pages`` requested by it so far) and the sweep are within their budgets."""
+    poll (``spent``: the requests made by it so far) and the sweep are within their
+    budgets."""
     if not state.active or state.next <= state.since or not timing.sweep_lookback:
         return None
-    if pages >= timing.sweep_pages or state.requests >= timing.sweep_budget:
+    if spent >= timing.sweep_requests or state.requests >= timing.sweep_budget:
         return None
-    return max(state.since, state.next - SLICE), state.next
+    return max(state.since, state.next - state.span), state.next
 
 
 def after_slice(
-    state: SweepState, listed: tuple[float, float], pages: int, found: int, timing: Timing
+    state: SweepState, listed: tuple[float, float], requests: int, timing: Timing
 ) -> SweepState:
-    """The state once a day is listed; ended (``next`` 0) once the oldest day is, or
-    once the budget is spent."""
-    state = replace(
-        state, next=listed[0], requests=state.requests + pages, found=state.found + found
-    )
+    """The state once a span is listed (with ``requests`` made for it); ended (``next``
+    0) once the oldest is, or once the budget is spent. The next span is as long as
+    this poll's requests allow at the rate this one cost (an hour to a day)."""
+    rate = requests / max(listed[1] - listed[0], 1.0)
+    fits = timing.sweep_requests / rate if rate else SLICE
+    span = min(SLICE, max(MIN_SLICE, fits))
+    state = replace(state, next=listed[0], requests=state.requests + requests, span=span)
     if state.next <= state.since or state.requests >= timing.sweep_budget:
         state = replace(state, next=0.0)
     return state
@@ -129,12 +138,16 @@ class Sweep:
         self.found: set[str] = set()
 
     def listings(
-        self, window_since: float, seen: Collection[str]
+        self, window: Window, seen: Collection[str], dated_by_run: bool = False
     ) -> Iterator[Listing[Observation]]:
         """While the counters and the API's totals disagree (a settled gap that lasts),
         the days further back than the window, each listing as it is read, within the
-        sweep's budgets; ``seen``: the runs the poll holds rows of already. A page that
-        fails ends the sweep's work for this poll, not the poll."""
+        sweep's budgets; ``seen``: the runs the poll holds rows of already. The tasks of
+        the runs found dated before the baseline are asked for their details (the
+        poll's ``ask_old_starts``), unless rows are known to carry their runs' starts
+        (``dated_by_run``): each counts as a request of the sweep. A page that fails ends
+        the sweep's work for this poll, not the poll."""
+        window_since = window.since
         gap = Audit.read(self.ledger.meta.get(AUDIT_KEY)).gap
         total = None if gap is None else gap.get(TOTAL)
         state = sweep_due(self.before, total, self.stamp, window_since, self.timing)
@@ -144,29 +157,38 @@ class Sweep:
                 reason="the API's totals hold spend the counters do not: listing further "
                 "back than the window",
             )  # fmt: skip
-        self.state, pages, metrics = state, 0, self.fetch.metrics
-        while (day := next_slice(self.state, pages, self.timing)) is not None:
+        self.state, spent, metrics, asked = state, 0, self.fetch.metrics, set[str]()
+        while (day := next_slice(self.state, spent, self.timing)) is not None:
             try:
                 listing = self.fetch.days(*day)
             except ApiError as exc:
                 metrics.errors.labels(exc.reason).inc()
                 log.warning("sweep_page_failed", reason=exc.reason, error=str(exc))
                 return
-            keys = {row.stream_id for row in listing.rows} - set(seen)
-            found = keys - self.ledger.load_runs(keys).keys()
+            rows = {row.stream_id: row for row in listing.rows if row.stream_id not in seen}
+            found = rows.keys() - self.ledger.load_runs(rows).keys()
             self.found |= found
-            pages += listing.pages
-            metrics.sweep_requests.inc(listing.pages)
-            metrics.sweep_runs_found.inc(len(found))
-            self.state = after_slice(self.state, day, listing.pages, len(found), self.timing)
+            tasks = set() if dated_by_run else {
+                rows[s].task_id for s in found if rows[s].started_at < window.baseline
+            }  # fmt: skip
+            requests = listing.pages + len(tasks - asked)
+            asked |= tasks
+            spent += requests
+            metrics.sweep_requests.inc(requests)
+            self.state = after_slice(self.state, day, requests, self.timing)
             yield listing
 
     def progress(self, runs: Sequence[RunState]) -> dict[str, str]:
         """The sweep's progress as meta, with what the runs it found held once folded
         (``runs``: the poll's). A sweep that ended is not made again for the gap it
         leaves (``left_after``)."""
-        held = sum(r.credits for r in runs if r.stream_id in self.found and not r.baselined)
-        state = replace(self.state, found_credits=self.state.found_credits + held)
+        counted = [r for r in runs if r.stream_id in self.found and not r.baselined]
+        self.fetch.metrics.sweep_runs_found.inc(len(counted))
+        state = replace(
+            self.state,
+            found=self.state.found + len(counted),
+            found_credits=self.state.found_credits + sum(r.credits for r in counted),
+        )
         if self.before.active and not state.active:
             state = replace(state, swept_gap=left_after(state))
             log.warning(

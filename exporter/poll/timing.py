@@ -25,8 +25,8 @@ class Timing:
     ``hot_lookbacks``: memory holds the runs that started within this many lookbacks and
     the tasks active within them (with live, followed and pinned ones); older ones stay in
     the ledger file, evicted from memory every ``evict_interval`` (or lookback, if shorter).
-    ``sweep_lookback``, ``sweep_budget``, ``sweep_pages``: how far back a sweep lists,
-    the usage pages it may request in all and in one poll (``exporter.poll.sweep``).
+    ``sweep_lookback``, ``sweep_budget``, ``sweep_requests``: how far back a sweep
+    lists, and the requests it may make in all and in one poll (``exporter.poll.sweep``).
     ``scan_interval``: seconds between scans of the caller's own task list for older
     tasks continued since the last scan (whose new rows may carry their task's date); 0:
     never.
@@ -41,8 +41,8 @@ class Timing:
     evict_interval: float = HOUR
     scan_interval: float = HOUR
     sweep_lookback: float = 30 * DAY
-    sweep_budget: int = 1000
-    sweep_pages: int = 20
+    sweep_budget: int = 5000
+    sweep_requests: int = 100
 
     @property
     def incremental(self) -> bool:
