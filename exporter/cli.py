@@ -80,6 +80,14 @@ def _backfill(args: argparse.Namespace) -> int:
     return 0
 
 
+def wait_for(stop: threading.Event) -> None:
+    """Block the main thread until ``stop`` is set, waking every second: a signal that
+    another thread received is handled (and sets ``stop``) only when the main thread
+    runs Python code, which a wait without a timeout never lets it do."""
+    while not stop.wait(timeout=1.0):
+        pass
+
+
 def _install_signal_handlers(stop: threading.Event) -> None:
     """The first SIGTERM or SIGINT stops the daemon in order; a second one, at once."""
 
@@ -224,7 +232,7 @@ def _serve(exporter: Exporter, simulated: _Demo | None, stop: threading.Event) -
             file=sys.stderr,
             flush=True,
         )
-    stop.wait()
+    wait_for(stop)
     exporter.stop()
     if exporter.fatal is not None:
         print(f"neo-exporter: {exporter.fatal}", file=sys.stderr)

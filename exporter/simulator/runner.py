@@ -57,5 +57,6 @@ def serve(
             tasks=len(world.tasks),
         )
         on_listening(api.url)
-        stop.wait()
+        while not stop.wait(timeout=1.0):  # wakes so that the main thread sees signals
+            pass
     log.info("simulator_stopped", url=api.url)
