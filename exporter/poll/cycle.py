@@ -123,6 +123,7 @@ class PollCycle:
         # What date the rows carry, as task details showed it (``policy.row_dating``):
         # rows known to carry their runs' starts need no details to tell them.
         self.dating = ledger.meta.get(ROW_DATING)
+        self.unasked: frozenset[str] = frozenset()  # rows whose start is not asked for
 
     def run(self) -> PollChanges:
         """The poll's data path; returns what to commit."""
@@ -135,6 +136,8 @@ class PollCycle:
         if not self.fetch.per_task:  # per-task rows have no day to list by
             for listing in sweep.listings(window, self.rows.keys(), self.dating == "run"):
                 self.take(listing)
+            if self.dating == "run":  # what it found is dated by its start: history
+                self.unasked = frozenset(sweep.found)
         trusted = self.trusted
         listed = self.follow_live_tasks()
         meta.update(self.read_continued(window))
@@ -207,7 +210,7 @@ class PollCycle:
         for state in fold.runs:
             ended = state.finished and state.started_at + state.exec_ms / 1000 <= since
             if state.stream_id in fold.new and ended and not state.baselined:
-                model = self.ledger.guard.admit("model", state.model)
+                model = self.ledger.guard.known("model", state.model)
                 held[model] = held.get(model, 0) + state.credits
         return {AUDIT_KEY: audit.leaving_out(held).dump()} if held else {}
 
@@ -243,14 +246,15 @@ class PollCycle:
         window and updated since the last scan (continued: their new runs may be dated by
         their task, before the window) have their runs read by ID. Tasks read by ID
         anyway are left out; a teammate's task is in no task list. Returns the scan's
-        time, as meta, once the list answered."""
+        time, as meta, whether the list answered or not (a list that fails is not read
+        again at every poll: the next scan reaches back over this one)."""
         since = scan_since(self.stamp, self.marks, window, self.timing)
         if since is None or not self.task_list_offered:
             return {}
         tasks, error = self.fetch.own_tasks(UPDATED_SCAN_PAGES)
         self.report.task_requests += max(1, math.ceil(len(tasks) / 100))  # pages of 100
-        if error is not None:
-            return {}
+        if error is not None:  # tried again at the next scan, which reaches back over this
+            return {"scanned_at": repr(self.stamp)}
         read = {t for t, _ in self.ledger.flagged_tasks()} | set(self.pinned)
         continued = [t for t in continued_tasks(tasks, since, window.since) if t not in read]
         if continued:
@@ -279,16 +283,16 @@ class PollCycle:
         """A new run whose row looks older than the baseline may carry its task's date (or
         a broken one): its task's details, which tell the run's own start, are asked
         before it is taken for history; and asked again for a run taken for history in
-        doubt. Tasks that did not answer are not asked twice in a poll."""
+        doubt. Tasks that did not answer are not asked twice in a poll. Not for the runs
+        a sweep found where rows are known to carry their runs' starts (``unasked``):
+        a sweep lists old days, and those would cost a request a task."""
         # A task's own row (``task:<id>``, counting per task) is dated by its task: one
         # from before the baseline is history, as it says.
-        if self.dating == "run":  # rows carry their runs' starts: taken at their word
-            return
-        baseline = self.baseline
+        baseline, unasked = self.baseline, self.unasked
         older = {
             key: row.task_id
             for key, row in self.rows.items()
-            if row.started_at < baseline and not is_task_run(key)
+            if row.started_at < baseline and not is_task_run(key) and key not in unasked
         }
         if not older:
             return
