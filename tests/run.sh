@@ -40,4 +40,4 @@ echo "==> ruff"
 echo "==> mypy (strict)"
 .venv/bin/mypy
 echo "==> pytest"
-.venv/bin/python -m pytest -n auto --dist worksteal "$@"
+.venv/bin/python -m pytest -n auto --dist loadfile "$@"

@@ -293,7 +293,7 @@ def test_a_later_run_of_a_task_listed_whole_counts_in_full_while_details_are_dow
             )  # fmt: skip
 
 
-@pytest.mark.parametrize(("details", "live_rows"), [(404, False), (503, True)])
+@pytest.mark.parametrize(("details", "live_rows"), [(404, False)])
 def test_continued_pinned_tasks_count_in_full_whatever_their_rows_say(
     tmp_path: Path, live_rows: bool, details: int
 ) -> None:
