@@ -284,18 +284,23 @@ def test_exact_under_every_behaviour_at_once(tmp_path: Path) -> None:
         assert gap[TOTAL] == unread[1] - unread[0]
 
 
+def continue_old_tasks(rig: Rig, count: int) -> Truth:
+    """The first poll, then ``count`` of the caller's tasks continued; the truth kept."""
+    truth = Truth(rig.world)
+    rig.open()
+    poll(rig, truth)
+    for task_id in sorted({s.task_id for s in rig.world.visible_streams()})[:count]:
+        rig.world.continue_task(task_id)
+    return truth
+
+
 def test_continued_old_tasks_count_by_the_next_full_listing(tmp_path: Path) -> None:
     """Rows dated by their task and shown once their run ends: the continuations of the
     caller's own old tasks, most of which start and end between two polls, are in no
     listing of the window. The task list's updated_at finds them at the next full
     listing (an hour on), where they count exactly, each once."""
     for rig in make_rig(tmp_path, stream_created_at="task"):
-        truth = Truth(rig.world)
-        rig.open()
-        poll(rig, truth)
-        old = sorted({s.task_id for s in rig.world.visible_streams()})[:150]
-        for task_id in old:
-            rig.world.continue_task(task_id)
+        truth = continue_old_tasks(rig, 150)
         run_polls(rig, truth, 11, 300)
         missing = compare(truth.expected(rig.baseline), counted(rig.ledger))  # type: ignore[arg-type]
         assert missing["credits"][1] < missing["credits"][0]
@@ -315,11 +320,6 @@ def test_exact_whatever_date_rows_carry_and_from_filters_on(
     caller's own continued old tasks count exactly by the next full listing."""
     world = {"stream_created_at": dated, "stream_filtered_by": filtered}
     for rig in make_rig(tmp_path, tasks_per_day=800, **world):
-        truth = Truth(rig.world)
-        rig.open()
-        poll(rig, truth)
-        old = sorted({s.task_id for s in rig.world.visible_streams()})[:100]
-        for task_id in old:
-            rig.world.continue_task(task_id)
+        truth = continue_old_tasks(rig, 100)
         run_polls(rig, truth, 12, 300)  # the full listing at an hour
         assert_exact(rig, truth)

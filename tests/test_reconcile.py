@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from exporter.catalogue import NANO
+from exporter.poll import Poller
 from exporter.poll.sweep import SWEEP_KEY, SweepState
 from exporter.reconcile import (
     AUDIT_KEY,
@@ -169,23 +170,32 @@ def test_exact_counters_leave_no_gap_with_the_simulated_summary(tmp_path: Path) 
             assert all(abs(value) <= ROUNDING for value in gap.values()), gap
 
 
+def continue_teammates_old_tasks(
+    rig: Rig, truth: Truth, *, sweep_requests: int
+) -> tuple[Poller, list[str]]:
+    """Three polls with the self-audit on, then 40 of teammates' tasks over a day old
+    continued: rows dated by their task put their new runs in no listing of the window."""
+    rig.audit = True
+    rig.timing = replace(rig.timing, sweep_requests=sweep_requests)
+    poller = rig.open()
+    run_polls(rig, truth, 3, 300)
+    old = [
+        t.task_id for t in rig.world.tasks
+        if not rig.world.owns(t) and t.created / 1000 < rig.baseline - DAY
+    ][:40]  # fmt: skip
+    for task_id in old:
+        rig.world.continue_task(task_id)
+    return poller, old
+
+
 def test_a_sweep_finds_teammates_continuations_of_old_tasks(tmp_path: Path) -> None:
     """A team admin's view with rows dated by their task: teammates' continuations of
     tasks days old are in no listing of the window and no task list. The summary holds
     their spend, the gap lasts, and a sweep listing further back finds them: they count
     in full, once, and the gap closes."""
     for rig in make_rig(tmp_path, stream_created_at="task", team=True, live_rows=True):
-        rig.audit = True
-        rig.timing = replace(rig.timing, sweep_requests=3000)  # a day a poll, here
         truth = Truth(rig.world)
-        poller = rig.open()
-        run_polls(rig, truth, 3, 300)
-        old = [
-            t.task_id for t in rig.world.tasks
-            if not rig.world.owns(t) and t.created / 1000 < rig.baseline - DAY
-        ][:40]  # fmt: skip
-        for task_id in old:
-            rig.world.continue_task(task_id)
+        poller, old = continue_teammates_old_tasks(rig, truth, sweep_requests=3000)
         gaps = []
         for _ in range(16):
             run_polls(rig, truth, 1, 300)
@@ -280,17 +290,8 @@ def test_a_restart_in_the_middle_of_a_sweep_goes_on_where_it_was(tmp_path: Path)
     middle of it: the sweep goes on from the day the last committed poll reached, nothing
     is counted twice, and the gap it was made for closes."""
     for rig in make_rig(tmp_path, stream_created_at="task", team=True, live_rows=True):
-        rig.audit = True
-        rig.timing = replace(rig.timing, sweep_requests=600)  # hours at a time
         truth = Truth(rig.world)
-        rig.open()
-        run_polls(rig, truth, 3, 300)
-        old = [
-            t.task_id for t in rig.world.tasks
-            if not rig.world.owns(t) and t.created / 1000 < rig.baseline - DAY
-        ][:40]  # fmt: skip
-        for task_id in old:
-            rig.world.continue_task(task_id)
+        _, old = continue_teammates_old_tasks(rig, truth, sweep_requests=600)  # hours a poll
         gaps, restarted, found = [], None, 0
         for _ in range(24):
             run_polls(rig, truth, 1, 300)
