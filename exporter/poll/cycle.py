@@ -430,9 +430,7 @@ class PollCycle:
                 terminal=obs.terminal, trusted=self.trusted or obs.task_id in self.refused,
                 baselined=baselined, told=key in self.told,
             )  # fmt: skip
-            state = apply(
-                old, obs, baselined=started < baseline, guard=guard, deltas=deltas, ends=ends
-            )
+            state = apply(old, obs, baselined=baselined, guard=guard, deltas=deltas, ends=ends)
             if obs.terminal and not state.finished:  # read and folded again until it ends
                 state.fingerprint = None
                 fold.unended.add(obs.task_id)
